@@ -1,0 +1,75 @@
+// pyuncomp native API: uncertainty-aware KV-cache compression (UNComp) for llama.cpp.
+//
+// A flat C API compiled into libllama next to llama.cpp's own symbols. Every symbol carries the
+// llama_uncomp_ prefix. Python binds it with cffi (pyuncomp/_native.py keeps a copy of the
+// declarations below; tests/test_native_api.py checks the two agree).
+#pragma once
+
+#include <stdint.h>
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LLAMA_UNCOMP_API_VERSION 1
+
+enum llama_uncomp_method {
+    LLAMA_UNCOMP_METHOD_FULL         = 0, // no eviction
+    LLAMA_UNCOMP_METHOD_STREAMINGLLM = 1, // attention sinks + most recent tokens
+    LLAMA_UNCOMP_METHOD_SNAPKV       = 2, // window scoring, same budget for every layer and head
+    LLAMA_UNCOMP_METHOD_PYRAMIDKV    = 3, // window scoring, linear layer schedule
+    LLAMA_UNCOMP_METHOD_UNCOMP       = 4, // window scoring, entropy-grouped layer and head budgets
+    LLAMA_UNCOMP_METHOD_COUNT,
+};
+
+struct llama_uncomp_params {
+    int32_t method;      // enum llama_uncomp_method
+    float   ratio;       // fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]
+    int32_t budget;      // absolute average tokens per KV head; 0 = use ratio
+    int32_t window;      // observation window: last prompt queries that score the prefix, >= 1
+    int32_t pool_kernel; // 1-D pooling kernel over token scores, odd, >= 1
+    int32_t n_sink;      // first tokens always kept (attention sinks), >= 0
+    int32_t n_head_groups; // UNComp head groups per layer, >= 1
+};
+
+LLAMA_API struct llama_uncomp_params llama_uncomp_default_params(void);
+
+// NULL when every field is in range, else a static message naming the first bad field and its range.
+LLAMA_API const char * llama_uncomp_params_check(const struct llama_uncomp_params * params);
+
+// Name of a method ("full", "snapkv", ...), or NULL when out of range.
+LLAMA_API const char * llama_uncomp_method_name(int32_t method);
+
+// One cache layer of a context's memory, as seen by sequence seq_id.
+struct llama_uncomp_layer_stats {
+    int32_t  il;          // model layer index
+    int32_t  n_head_kv;   // KV heads of the layer
+    int32_t  is_swa;      // 1 if the layer is a sliding-window layer (held in the SWA cache)
+    int32_t  n_cells;     // cache cells of this layer holding tokens of seq_id
+    uint64_t bytes_held;  // K + V bytes of those cells
+    uint64_t bytes_alloc; // K + V bytes allocated for the layer (all sequences)
+    uint64_t bytes_per_token; // K + V bytes one token occupies in this layer
+};
+
+// Fills up to n_max entries of out (ordered by model layer) and returns the number of cache layers,
+// or -1 when the context's memory is not a KV cache (recurrent models). out may be NULL to count.
+LLAMA_API int32_t llama_uncomp_layer_stats(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+      struct llama_uncomp_layer_stats * out,
+                         int32_t   n_max);
+
+// Tokens held by each KV head of model layer il for seq_id: out[h], h < n_head_kv.
+// Returns n_head_kv, or -1 when il is not a cache layer.
+LLAMA_API int32_t llama_uncomp_tokens_kept(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+                         int32_t   il,
+                         int32_t * out,
+                         int32_t   n_max);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,113 @@
+// KV-cache statistics: what each layer and KV head of a context's memory holds, in tokens and bytes.
+#include "uncomp.h"
+
+#include "llama-context.h"
+#include "llama-kv-cache.h"
+#include "llama-kv-cache-iswa.h"
+#include "llama-model.h"
+
+#include <vector>
+
+namespace {
+
+struct cache_layer {
+    const llama_kv_cache * cache;
+    uint32_t               il;
+    bool                   is_swa;
+};
+
+// The KV caches behind a context's memory with their layers, ordered by model layer.
+// Empty when the memory is not a KV cache (recurrent, hybrid).
+std::vector<cache_layer> cache_layers(const llama_context * ctx) {
+    std::vector<const llama_kv_cache *> caches;
+    std::vector<bool> swa;
+    llama_memory_i * mem = ctx->get_memory();
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(mem)) {
+        caches = { kv };
+        swa    = { false };
+    } else if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
+        caches = { iswa->get_base(), iswa->get_swa() };
+        swa    = { false, true };
+    }
+    const auto & hparams = ctx->get_model().hparams;
+    std::vector<cache_layer> res(hparams.n_layer, cache_layer{ nullptr, 0, false });
+    for (size_t c = 0; c < caches.size(); ++c) {
+        for (uint32_t il : caches[c]->get_layer_ids()) {
+            res[il] = { caches[c], il, (bool) swa[c] };
+        }
+    }
+    std::vector<cache_layer> present;
+    for (const auto & l : res) {
+        if (l.cache) {
+            present.push_back(l);
+        }
+    }
+    return present;
+}
+
+uint32_t cells_of_seq(const llama_kv_cache * cache, llama_seq_id seq_id) {
+    if (seq_id < 0 || seq_id >= (llama_seq_id) cache->get_n_seq_max()) {
+        return 0;
+    }
+    return (uint32_t) cache->get_cells(seq_id).seq_pos_get(seq_id).size();
+}
+
+} // namespace
+
+int32_t llama_uncomp_layer_stats(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+      struct llama_uncomp_layer_stats * out,
+                         int32_t   n_max) {
+    if (ctx == nullptr) {
+        return -1;
+    }
+    const auto layers = cache_layers(ctx);
+    if (layers.empty()) {
+        return -1;
+    }
+    const auto & hparams = ctx->get_model().hparams;
+    for (size_t i = 0; out != nullptr && i < layers.size() && (int32_t) i < n_max; ++i) {
+        const auto & l = layers[i];
+        ggml_tensor * k = l.cache->get_k_storage(l.il);
+        ggml_tensor * v = l.cache->get_v_storage(l.il);
+        const uint64_t per_token =
+            ggml_row_size(l.cache->type_k(), hparams.n_embd_k_gqa(l.il)) +
+            ggml_row_size(l.cache->type_v(), hparams.n_embd_v_gqa(l.il));
+        const uint32_t n_cells = cells_of_seq(l.cache, seq_id);
+
+        auto & s = out[i];
+        s.il              = (int32_t) l.il;
+        s.n_head_kv       = (int32_t) hparams.n_head_kv(l.il);
+        s.is_swa          = l.is_swa ? 1 : 0;
+        s.n_cells         = (int32_t) n_cells;
+        s.bytes_held      = per_token * n_cells;
+        s.bytes_alloc     = ggml_nbytes(k) + ggml_nbytes(v);
+        s.bytes_per_token = per_token;
+    }
+    return (int32_t) layers.size();
+}
+
+int32_t llama_uncomp_tokens_kept(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+                         int32_t   il,
+                         int32_t * out,
+                         int32_t   n_max) {
+    if (ctx == nullptr) {
+        return -1;
+    }
+    for (const auto & l : cache_layers(ctx)) {
+        if ((int32_t) l.il != il) {
+            continue;
+        }
+        const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(l.il);
+        // the stock cache keeps every token for every head of a layer
+        const int32_t n_cells = (int32_t) cells_of_seq(l.cache, seq_id);
+        for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
+            out[h] = n_cells;
+        }
+        return n_head_kv;
+    }
+    return -1;
+}

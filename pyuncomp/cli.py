@@ -1,0 +1,97 @@
+"""The ``pyuncomp`` command: generate and chat on a GGUF model with a compressed KV cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import models
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help=f"GGUF path or built-in model ({', '.join(models.BUILTIN_MODELS)}); "
+                        f"default {models.DEFAULT_MODEL}")
+    p.add_argument("--ratio", type=float, default=1.0, help="fraction of prompt tokens kept, in (0, 1] (default 1.0)")
+    p.add_argument("--method", default="uncomp", help="full, streamingllm, snapkv, pyramidkv or uncomp (default)")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _load(args):
+    from .llama import Llama  # imported late: loading the native library is not needed for --help
+
+    return Llama(str(models.resolve(args.model)), ratio=args.ratio, method=args.method,
+                 n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                 verbose=args.verbose)
+
+
+def cmd_generate(args) -> int:
+    llm = _load(args)
+    for chunk in llm.create_completion(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                       seed=args.seed, stream=True):
+        sys.stdout.write(chunk["choices"][0]["text"])
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = _load(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("pyuncomp chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            break
+        if not user.strip():
+            break
+        messages.append({"role": "user", "content": user})
+        reply = []
+        for chunk in llm.create_chat_completion(messages, max_tokens=args.max_tokens,
+                                                temperature=args.temperature, seed=args.seed, stream=True):
+            text = chunk["choices"][0]["delta"].get("content") or ""
+            reply.append(text)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyuncomp", description="UNComp KV-cache compression for llama.cpp GGUF models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="complete a prompt, streaming the output")
+    gen.add_argument("prompt")
+    _add_model_args(gen)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="multi-turn chat using the model's chat template")
+    _add_model_args(chat)
+    chat.add_argument("--system", default=None, help="system message")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, TypeError, NotImplementedError, ImportError) as e:
+        print(f"pyuncomp: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,72 @@
+"""Compression parameters, validated in Python for types and by the native library for ranges."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from ._native import ffi, lib
+
+METHODS = tuple(ffi.string(lib.llama_uncomp_method_name(m)).decode() for m in range(lib.LLAMA_UNCOMP_METHOD_COUNT))
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What to keep of the prompt's KV cache.
+
+    ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1].
+    method: one of ``METHODS``.
+    budget: average tokens kept per KV head; overrides ratio when set.
+    window: observation window, the last prompt queries that score the prefix.
+    pool_kernel: odd width of the 1-D pooling over token scores.
+    n_sink: first tokens always kept.
+    n_head_groups: UNComp head groups per layer.
+    """
+
+    ratio: float = 1.0
+    method: str = "uncomp"
+    budget: Optional[int] = None
+    window: int = 8
+    pool_kernel: int = 5
+    n_sink: int = 0
+    n_head_groups: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not math.isfinite(self.ratio):
+            raise ValueError(f"ratio: must be a number in (0, 1], got {self.ratio!r}")
+        for f in ("budget", "window", "pool_kernel", "n_sink", "n_head_groups"):
+            value = getattr(self, f)
+            if f == "budget" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{f}: must be an integer, got {value!r}")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"budget: must be >= 1 token per KV head (or None to use ratio), got {self.budget!r}")
+        message = lib.llama_uncomp_params_check(self._native_ptr())
+        if message != ffi.NULL:
+            raise ValueError(f"{ffi.string(message).decode()}, got {self._field_of(message)!r}")
+
+    def _field_of(self, message) -> object:
+        name = ffi.string(message).decode().split(":", 1)[0]
+        return getattr(self, name, None)
+
+    def _native_ptr(self):
+        p = ffi.new("struct llama_uncomp_params *")
+        p.method = METHODS.index(self.method)
+        p.ratio = float(self.ratio)
+        # out-of-int32 values become -1, which the native check rejects with the field's range
+        for f in ("budget", "window", "pool_kernel", "n_sink", "n_head_groups"):
+            value = int(getattr(self, f) or 0)
+            setattr(p, f, value if -2**31 <= value < 2**31 else -1)
+        return p
+
+    @property
+    def compresses(self) -> bool:
+        return self.method != "full" and (self.ratio < 1.0 or self.budget is not None)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

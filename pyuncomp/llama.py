@@ -1,0 +1,102 @@
+"""``pyuncomp.Llama``: llama-cpp-python's ``Llama`` on pyuncomp's libllama, with KV-cache compression."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from ._native import context_ptr, ffi, lib, llama_cpp
+from .config import CompressionConfig
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(model_path) -> Path:
+    """The path of a readable GGUF file, else FileNotFoundError / ValueError saying what is wrong."""
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path: must be a path, got {type(model_path).__name__}")
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model_path: no such file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"model_path: {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    return path
+
+
+class Llama(llama_cpp.Llama):
+    """A drop-in ``llama_cpp.Llama`` whose KV cache keeps only a budget of tokens per layer and KV head.
+
+    Every method of the parent works unchanged. Extra keyword arguments, validated here
+    (a bad value raises ``ValueError`` naming the parameter and its range):
+
+    ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]. Default 1.0.
+    method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
+    budget, window, pool_kernel, n_sink, n_head_groups: see ``CompressionConfig``.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        ratio: float = 1.0,
+        method: str = "uncomp",
+        budget: Optional[int] = None,
+        window: int = 8,
+        pool_kernel: int = 5,
+        n_sink: int = 0,
+        n_head_groups: int = 2,
+        **kwargs,
+    ):
+        self.compression = CompressionConfig(
+            ratio=ratio, method=method, budget=budget, window=window,
+            pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
+        if self.compression.compresses:
+            # the compressed-cache engine is not part of this build yet: refuse rather than run uncompressed
+            raise NotImplementedError(
+                f"method={method!r} with ratio={ratio} needs the compressed-cache engine, which this "
+                "version of pyuncomp does not have yet; use ratio=1.0 or method='full'")
+        super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
+
+    def compression_stats(self, seq_id: int = 0) -> dict:
+        """What the KV cache of sequence ``seq_id`` holds now.
+
+        Keys: ``method``, ``ratio``, ``n_tokens`` (tokens evaluated), ``kv_bytes`` (K+V bytes held),
+        ``kv_bytes_full`` (what a full cache holds for the same tokens), ``kv_bytes_allocated``,
+        ``layers`` (model layer index of each cache layer), ``swa_layers``, and ``tokens_kept``
+        (per cache layer, one count per KV head).
+        """
+        ctx = context_ptr(self._ctx.ctx)
+        n_layers = lib.llama_uncomp_layer_stats(ctx, seq_id, ffi.NULL, 0)
+        if n_layers < 0:
+            raise RuntimeError("this model's memory is not a KV cache (recurrent models have nothing to compress)")
+        stats = ffi.new("struct llama_uncomp_layer_stats[]", n_layers)
+        lib.llama_uncomp_layer_stats(ctx, seq_id, stats, n_layers)
+
+        n_tokens = self.n_tokens
+        layers, swa_layers, tokens_kept = [], [], []
+        kv_bytes = kv_bytes_full = kv_bytes_allocated = 0
+        for s in stats:
+            kept = ffi.new("int32_t[]", s.n_head_kv)
+            lib.llama_uncomp_tokens_kept(ctx, seq_id, s.il, kept, s.n_head_kv)
+            layers.append(s.il)
+            if s.is_swa:
+                swa_layers.append(s.il)
+            tokens_kept.append(list(kept))
+            kv_bytes += s.bytes_held
+            kv_bytes_allocated += s.bytes_alloc
+            # sliding-window layers hold at most their window also in a full cache
+            kv_bytes_full += s.bytes_held if s.is_swa else s.bytes_per_token * n_tokens
+        return {
+            "method": self.compression.method,
+            "ratio": self.compression.ratio,
+            "n_tokens": n_tokens,
+            "kv_bytes": kv_bytes,
+            "kv_bytes_full": kv_bytes_full,
+            "kv_bytes_allocated": kv_bytes_allocated,
+            "layers": layers,
+            "swa_layers": swa_layers,
+            "tokens_kept": tokens_kept,
+        }
