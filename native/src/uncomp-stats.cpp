@@ -30,7 +30,7 @@ std::vector<cache_layer> cache_layers(const llama_context * ctx) {
         swa    = { false, true };
     }
     const auto & hparams = ctx->get_model().hparams;
-    std::vector<cache_layer> res(hparams.n_layer, cache_layer{ nullptr, 0, false });
+    std::vector<cache_layer> res(hparams.n_layer(), cache_layer{ nullptr, 0, false });
     for (size_t c = 0; c < caches.size(); ++c) {
         for (uint32_t il : caches[c]->get_layer_ids()) {
             res[il] = { caches[c], il, (bool) swa[c] };

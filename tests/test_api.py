@@ -1,0 +1,85 @@
+import subprocess
+import sys
+
+import llama_cpp
+import pytest
+
+import pyuncomp
+
+
+def test_llama_is_a_drop_in_subclass():
+    assert issubclass(pyuncomp.Llama, llama_cpp.Llama)
+
+
+def test_llama_cpp_loads_pyuncomps_library():
+    assert hasattr(llama_cpp.llama_cpp._lib, "llama_uncomp_layer_stats")
+
+
+def test_stats_at_ratio_one_report_the_stock_cache(smollm2):
+    smollm2.reset()
+    smollm2.eval(smollm2.tokenize(b"The quick brown fox jumps over the lazy dog. " * 20))
+    stats = smollm2.compression_stats()
+    n = stats["n_tokens"]
+    assert n == smollm2.n_tokens > 100
+    assert stats["layers"] == list(range(30)) and stats["swa_layers"] == []
+    # SmolLM2: 3 KV heads, every head of every layer holds every token
+    assert stats["tokens_kept"] == [[n] * 3] * 30
+    # f16 K and V, 3 heads x 64 dims: 2 x 192 x 2 bytes per token and layer
+    assert stats["kv_bytes"] == stats["kv_bytes_full"] == 30 * n * 2 * 192 * 2
+    assert stats["kv_bytes_allocated"] >= stats["kv_bytes"]
+    assert stats["method"] == "uncomp" and stats["ratio"] == 1.0
+
+
+def test_stats_follow_the_cache_through_reset(smollm2):
+    smollm2.eval(smollm2.tokenize(b"Hello"))
+    smollm2.reset()
+    # llama-cpp-python's reset only rewinds n_tokens; the next eval removes the stale cells
+    smollm2.eval(smollm2.tokenize(b"Hi there"))
+    stats = smollm2.compression_stats()
+    assert stats["tokens_kept"][0] == [stats["n_tokens"]] * 3
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"ratio": 0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"ratio": "x"}, "ratio"), ({"ratio": float("nan")}, "ratio"),
+    ({"ratio": -0.1}, "ratio"), ({"ratio": True}, "ratio"), ({"method": "h2o-ish"}, "method"), ({"method": None}, "method"),
+    ({"window": 0}, "window"), ({"window": 2.5}, "window"), ({"pool_kernel": 4}, "pool_kernel"),
+    ({"n_sink": -1}, "n_sink"), ({"n_head_groups": 0}, "n_head_groups"), ({"budget": 0}, "budget"),
+    ({"window": 2**40}, "window"),
+])
+def test_bad_compression_parameters_raise_value_error(smollm2_path, kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        pyuncomp.Llama(smollm2_path, verbose=False, **kwargs)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        pyuncomp.Llama(str(tmp_path / "absent.gguf"))
+
+
+def test_non_gguf_file(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not a model")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        pyuncomp.Llama(str(bad))
+
+
+def test_compression_without_engine_is_refused_not_ignored(smollm2_path):
+    with pytest.raises(NotImplementedError, match="compressed-cache engine"):
+        pyuncomp.Llama(smollm2_path, ratio=0.05, verbose=False)
+
+
+def test_unknown_builtin_model_names_the_choices():
+    with pytest.raises(FileNotFoundError, match="smollm2-135m"):
+        pyuncomp.resolve_model("no-such-model")
+
+
+def test_llama_cpp_imported_first_with_another_library_is_a_clear_error():
+    # a llama_cpp whose library lacks pyuncomp's symbols, as stock llama-cpp-python's would
+    code = (
+        "import sys, types\n"
+        "fake = types.ModuleType('llama_cpp'); fake.llama_cpp = types.SimpleNamespace(_lib=object())\n"
+        "sys.modules['llama_cpp'] = fake\n"
+        "try:\n    import pyuncomp\nexcept ImportError as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("NativeLibraryError llama_cpp was imported before pyuncomp")
