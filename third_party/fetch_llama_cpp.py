@@ -57,18 +57,37 @@ def obtain_sdist(lock: dict[str, str], cache: Path) -> Path:
     if not sdist.exists():
         cache.mkdir(parents=True, exist_ok=True)
         print(f"fetching {lock['package']}=={lock['version']} sdist with pip", file=sys.stderr)
-        # --no-binary names only this package: build requirements stay binary wheels
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+        # -I: inside a PEP 517 build, pip's isolation hides the interpreter's own pip; isolated mode
+        # restores it. --no-binary names only this package: build requirements stay binary wheels.
+        r = subprocess.run(
+            [sys.executable, "-I", "-m", "pip", "download", "--no-deps", "--quiet",
              "--no-binary", lock["package"], "--dest", str(cache),
              f"{lock['package']}=={lock['version']}"],
-            check=True,
         )
+        if r.returncode != 0 or not sdist.exists():
+            download_from_pypi(lock, sdist)
     actual = sha256_of(sdist)
     if actual != lock["sha256"]:
         sdist.unlink()
         raise SystemExit(f"{sdist.name}: sha256 {actual} does not match the lock file ({lock['sha256']})")
     return sdist
+
+
+def download_from_pypi(lock: dict[str, str], sdist: Path) -> None:
+    """Fallback for interpreters without pip: the same file from PyPI's JSON API (hash checked after)."""
+    import json
+    import urllib.request
+
+    print("pip unavailable; downloading the sdist from PyPI directly", file=sys.stderr)
+    url = f"https://pypi.org/pypi/{lock['package']}/{lock['version']}/json"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        files = json.load(r)["urls"]
+    match = [f["url"] for f in files if f["filename"] == lock["sdist"]]
+    if not match:
+        raise SystemExit(f"{lock['sdist']} is not on PyPI")
+    tmp = sdist.with_suffix(".part")
+    urllib.request.urlretrieve(match[0], tmp)
+    tmp.rename(sdist)
 
 
 def patch_series(patches: Path) -> list[Path]:
