@@ -7,6 +7,7 @@ already imported ``llama_cpp`` with another library, our symbols are missing and
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import sys
@@ -62,8 +63,6 @@ lib = ffi.dlopen(str(_lib_path))
 
 def context_ptr(ctx) -> "ffi.CData":
     """A cffi pointer to the llama_context behind a llama-cpp-python context handle (ctypes)."""
-    import ctypes
-
     address = ctypes.cast(ctx, ctypes.c_void_p).value
     if not address:
         raise RuntimeError("the model has no llama_context (was it closed?)")

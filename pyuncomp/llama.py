@@ -10,6 +10,15 @@ from ._native import context_ptr, ffi, lib, llama_cpp
 from .config import CompressionConfig
 
 GGUF_MAGIC = b"GGUF"
+# methods the engine runs in this version (one budget for every layer and head)
+ENGINE_METHODS = ("snapkv", "streamingllm")
+
+
+def _check(code: int) -> int:
+    if code >= 0:
+        return code
+    names = {getattr(lib, n): n for n in dir(lib) if n.startswith("LLAMA_UNCOMP_ERR_")}
+    raise RuntimeError(f"pyuncomp engine error {code} ({names.get(code, 'unknown')})")
 
 
 def check_gguf(model_path) -> Path:
@@ -53,15 +62,53 @@ class Llama(llama_cpp.Llama):
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
-        if self.compression.compresses:
-            # the compressed-cache engine is not part of this build yet: refuse rather than run uncompressed
+        if self.compression.compresses and self.compression.method not in ENGINE_METHODS:
+            # per-layer budgets are not in the engine yet: refuse rather than run something else
             raise NotImplementedError(
-                f"method={method!r} with ratio={ratio} needs the compressed-cache engine, which this "
-                "version of pyuncomp does not have yet; use ratio=1.0 or method='full'")
+                f"method={method!r} needs per-layer budgets, which this version of the engine does not "
+                f"have yet; use one of {', '.join(ENGINE_METHODS)} (or ratio=1.0)")
         super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
+        self._attached = False
+        self._compressed_upto = 0  # positions evaluated when the cache was last compressed
+        if self.compression.compresses:
+            err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
+            if err == lib.LLAMA_UNCOMP_ERR_MEMORY:
+                arch = self.metadata.get("general.architecture", "?")
+                raise ValueError(f"method={method!r}: the '{arch}' architecture's KV cache (sliding-window or "
+                                 "recurrent) is not supported by this version of the engine")
+            _check(err)
+            self._attached = True
+
+    def _ctx_ptr(self):
+        return context_ptr(self._ctx.ctx)
+
+    def eval(self, tokens) -> None:
+        """Evaluates tokens like the parent; after a multi-token evaluation (a prompt, a new chat
+        turn) the sequence's cache is compressed to its budget."""
+        if not self._attached:
+            return super().eval(tokens)
+        if self.n_tokens < self._compressed_upto:
+            # the prompt diverges inside the compressed history: its evicted tokens cannot be
+            # restored, so the whole prompt is evaluated afresh
+            tokens = list(self._input_ids[: self.n_tokens]) + list(tokens)
+            self.n_tokens = 0
+            self._compressed_upto = 0
+        if len(tokens) <= 1:
+            return super().eval(tokens)
+        ctx = self._ctx_ptr()
+        _check(lib.llama_uncomp_observe(ctx, True))
+        try:
+            super().eval(tokens)
+        finally:
+            lib.llama_uncomp_observe(ctx, False)
+        _check(lib.llama_uncomp_compress(ctx, 0))
+        self._compressed_upto = self.n_tokens
 
     def close(self) -> None:
         # a constructor that refused its arguments leaves no native state behind to close
+        if getattr(self, "_attached", False) and self._ctx.ctx is not None:
+            lib.llama_uncomp_detach(self._ctx_ptr())
+            self._attached = False
         if hasattr(self, "_stack"):
             super().close()
 

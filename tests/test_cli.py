@@ -11,7 +11,8 @@ RECORD = json.loads((Path(__file__).parent / "data" / "stock_smollm2.json").read
 
 
 def pyuncomp(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "pyuncomp", *args], input=stdin,
+    # run outside the checkout: its pyuncomp/ source folder would shadow the installed package
+    return subprocess.run([sys.executable, "-m", "pyuncomp", *args], input=stdin, cwd=Path(__file__).parent.parent.parent,
                           capture_output=True, text=True, timeout=300)
 
 

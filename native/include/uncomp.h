@@ -5,6 +5,7 @@
 // declarations below; tests/test_native_api.py checks the two agree).
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "llama.h"
@@ -69,6 +70,33 @@ LLAMA_API int32_t llama_uncomp_tokens_kept(
                          int32_t   il,
                          int32_t * out,
                          int32_t   n_max);
+
+//
+// Compression engine. Attach parameters to a context, observe the prompt's evaluation (it records
+// each layer's last `window` post-RoPE queries), then compress a sequence: every KV head of every
+// layer keeps `budget` tokens (ratio x positions when budget = 0), moved into the sequence's lowest
+// cells so that later graphs attend over them only. This version: methods snapkv and streamingllm,
+// one budget for all layers and heads, a plain (non-SWA) KV cache.
+//
+
+enum llama_uncomp_error {
+    LLAMA_UNCOMP_ERR_PARAMS       = -1, // bad arguments (see llama_uncomp_params_check)
+    LLAMA_UNCOMP_ERR_MEMORY       = -2, // the context's memory is not a plain KV cache (iSWA, recurrent)
+    LLAMA_UNCOMP_ERR_NOT_ATTACHED = -3, // llama_uncomp_attach was not called on this context
+    LLAMA_UNCOMP_ERR_METHOD       = -4, // the method needs per-layer budgets, not in this engine yet
+    LLAMA_UNCOMP_ERR_NO_QUERIES   = -5, // no observed window queries for a layer
+    LLAMA_UNCOMP_ERR_SHARED       = -6, // the sequence shares cells with another one
+};
+
+LLAMA_API int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params);
+LLAMA_API void    llama_uncomp_detach(struct llama_context * ctx);
+
+// on = true: record window queries of the next evaluations (clears earlier ones); false: stop
+LLAMA_API int32_t llama_uncomp_observe(struct llama_context * ctx, bool on);
+
+// Evicts tokens of seq_id down to its budget. Returns the tokens kept per KV head (the sequence's
+// cell count when nothing had to go), or a negative enum llama_uncomp_error.
+LLAMA_API int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,106 @@
+"""The compression engine on SmolLM2-135M: real eviction, real memory, answers kept."""
+
+import random
+
+import pytest
+
+import pyuncomp
+
+N_CTX = 4096
+
+
+def passkey_prompt(n_filler: int, depth: float, key: str) -> str:
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    parts = [filler] * n_filler
+    parts.insert(int(depth * n_filler), f"The pass key is {key}. Remember it. {key} is the pass key. ")
+    return ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+            + "".join(parts) + "What is the pass key? The pass key is")
+
+
+def passkey_score(llm, n_filler=90, depths=(0.1, 0.3, 0.5, 0.7, 0.9)):
+    hits = 0
+    for depth in depths:
+        key = str(random.Random(int(depth * 100)).randint(10000, 99999))
+        out = llm(passkey_prompt(n_filler, depth, key), max_tokens=8, temperature=0.0)["choices"][0]["text"]
+        hits += key in out
+    return hits
+
+
+@pytest.fixture(scope="module")
+def engines(smollm2_path):
+    made = {}
+
+    def get(method, ratio):
+        if (method, ratio) not in made:
+            made[method, ratio] = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=method, ratio=ratio,
+                                                 seed=0, verbose=False)
+        return made[method, ratio]
+
+    yield get
+    for llm in made.values():
+        llm.close()
+
+
+def test_snapkv_keeps_the_passkey_at_2k_like_the_full_cache(engines):
+    full = passkey_score(engines("full", 1.0))
+    snap = passkey_score(engines("snapkv", 0.1))
+    assert full >= 4
+    assert snap >= full
+
+
+def test_streamingllm_loses_a_needle_outside_sinks_and_recent_tokens(engines):
+    # a control: the same budget without scoring cannot see the middle of the prompt
+    assert passkey_score(engines("streamingllm", 0.1), depths=(0.3, 0.5, 0.7)) == 0
+
+
+@pytest.mark.parametrize("method", ["snapkv", "streamingllm"])
+def test_cache_really_shrinks_to_the_budget(engines, method):
+    llm = engines(method, 0.05)
+    llm.reset()
+    llm.eval(llm.tokenize(passkey_prompt(90, 0.5, "12345").encode()))
+    stats = llm.compression_stats()
+    n = stats["n_tokens"]
+    budget = round(0.05 * n)
+    assert n > 2000
+    assert stats["tokens_kept"] == [[budget] * 3] * 30
+    assert stats["kv_bytes"] <= (0.05 + 0.01) * stats["kv_bytes_full"]
+    assert stats["kv_bytes"] == 30 * budget * 2 * 192 * 2
+
+
+def test_generation_appends_after_compression_and_positions_continue(engines):
+    llm = engines("snapkv", 0.05)
+    out = llm(passkey_prompt(90, 0.5, "55555"), max_tokens=6, temperature=0.0)
+    stats = llm.compression_stats()
+    n_prompt = out["usage"]["prompt_tokens"]
+    generated = stats["n_tokens"] - n_prompt
+    assert 0 <= generated <= 6
+    assert stats["tokens_kept"][0] == [round(0.05 * n_prompt) + generated] * 3
+
+
+def test_a_new_turn_is_appended_then_recompressed(engines):
+    llm = engines("snapkv", 0.1)
+    first = passkey_prompt(60, 0.5, "31415")
+    llm(first, max_tokens=4, temperature=0.0)
+    # the second prompt extends the first: llama-cpp-python evaluates only the new tokens
+    second = first + " 31415.\nNow repeat it: the pass key is"
+    out = llm(second, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+    assert "31415" in out
+    stats = llm.compression_stats()
+    assert stats["tokens_kept"][0][0] <= round(0.1 * stats["n_tokens"]) + 8
+
+
+def test_a_diverging_prompt_gives_what_a_fresh_evaluation_gives(engines):
+    llm = engines("snapkv", 0.1)
+    other = passkey_prompt(60, 0.5, "99991")
+    llm.reset()
+    fresh = llm(other, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+    # shares a long prefix with `other` but holds another key: after its compression, `other`
+    # diverges inside the compressed history and must be evaluated again from the start
+    llm(passkey_prompt(60, 0.5, "27182"), max_tokens=4, temperature=0.0)
+    assert llm(other, max_tokens=8, temperature=0.0)["choices"][0]["text"] == fresh
+
+
+def test_gemma3_sliding_window_cache_is_refused_with_its_architecture():
+    path = pyuncomp.resolve_model("gemma3-270m")
+    with pytest.raises(ValueError, match="'gemma3' architecture"):
+        pyuncomp.Llama(str(path), method="snapkv", ratio=0.1, verbose=False)
