@@ -112,6 +112,42 @@ class Llama(llama_cpp.Llama):
         if hasattr(self, "_stack"):
             super().close()
 
+    def _layer_stats(self, seq_id: int) -> list:
+        """One dict per cache layer (fields of struct llama_uncomp_layer_stats), by model layer."""
+        ctx = self._ctx_ptr()
+        n_layers = lib.llama_uncomp_layer_stats(ctx, seq_id, ffi.NULL, 0)
+        if n_layers < 0:
+            raise RuntimeError("this model's memory is not a KV cache (recurrent models have nothing to compress)")
+        stats = ffi.new("struct llama_uncomp_layer_stats[]", n_layers)
+        lib.llama_uncomp_layer_stats(ctx, seq_id, stats, n_layers)
+        fields = [name for name, _ in ffi.typeof("struct llama_uncomp_layer_stats").fields]
+        return [{f: getattr(s, f) for f in fields} for s in stats]
+
+    def cached_keys(self, layer: int, seq_id: int = 0):
+        """The keys model layer ``layer`` holds for ``seq_id``, ordered by position, as a float32
+        array [tokens, n_head_kv * head_dim] (post-RoPE, dequantised)."""
+        import numpy as np
+
+        width = {s["il"]: s["n_embd_k_gqa"] for s in self._layer_stats(seq_id)}
+        if layer not in width:
+            raise ValueError(f"layer: {layer} is not a cache layer of this model")
+        ctx = self._ctx_ptr()
+        keys = np.empty((_check(lib.llama_uncomp_read_keys(ctx, seq_id, layer, ffi.NULL, 0)), width[layer]),
+                        dtype=np.float32)
+        _check(lib.llama_uncomp_read_keys(ctx, seq_id, layer, ffi.cast("float *", keys.ctypes.data), keys.size))
+        return keys
+
+    def entropy_profile(self, k: int = 32, seq_id: int = 0) -> list:
+        """Truncated matrix entropy (top ``k`` eigenvalues, normalised by log(head_dim)) of each KV
+        head's cached keys, one list per cache layer: the uncertainty UNComp splits budgets by."""
+        ctx = self._ctx_ptr()
+        profile = []
+        for s in self._layer_stats(seq_id):
+            out = ffi.new("float[]", s["n_head_kv"])
+            _check(lib.llama_uncomp_key_entropy(ctx, seq_id, s["il"], k, out, s["n_head_kv"]))
+            profile.append([float(v) for v in out])
+        return profile
+
     def compression_stats(self, seq_id: int = 0) -> dict:
         """What the KV cache of sequence ``seq_id`` holds now.
 
@@ -120,27 +156,22 @@ class Llama(llama_cpp.Llama):
         ``layers`` (model layer index of each cache layer), ``swa_layers``, and ``tokens_kept``
         (per cache layer, one count per KV head).
         """
-        ctx = context_ptr(self._ctx.ctx)
-        n_layers = lib.llama_uncomp_layer_stats(ctx, seq_id, ffi.NULL, 0)
-        if n_layers < 0:
-            raise RuntimeError("this model's memory is not a KV cache (recurrent models have nothing to compress)")
-        stats = ffi.new("struct llama_uncomp_layer_stats[]", n_layers)
-        lib.llama_uncomp_layer_stats(ctx, seq_id, stats, n_layers)
-
+        ctx = self._ctx_ptr()
+        stats = self._layer_stats(seq_id)
         n_tokens = self.n_tokens
         layers, swa_layers, tokens_kept = [], [], []
         kv_bytes = kv_bytes_full = kv_bytes_allocated = 0
         for s in stats:
-            kept = ffi.new("int32_t[]", s.n_head_kv)
-            lib.llama_uncomp_tokens_kept(ctx, seq_id, s.il, kept, s.n_head_kv)
-            layers.append(s.il)
-            if s.is_swa:
-                swa_layers.append(s.il)
+            kept = ffi.new("int32_t[]", s["n_head_kv"])
+            lib.llama_uncomp_tokens_kept(ctx, seq_id, s["il"], kept, s["n_head_kv"])
+            layers.append(s["il"])
+            if s["is_swa"]:
+                swa_layers.append(s["il"])
             tokens_kept.append(list(kept))
-            kv_bytes += s.bytes_held
-            kv_bytes_allocated += s.bytes_alloc
+            kv_bytes += s["bytes_held"]
+            kv_bytes_allocated += s["bytes_alloc"]
             # sliding-window layers hold at most their window also in a full cache
-            kv_bytes_full += s.bytes_held if s.is_swa else s.bytes_per_token * n_tokens
+            kv_bytes_full += s["bytes_held"] if s["is_swa"] else s["bytes_per_token"] * n_tokens
         return {
             "method": self.compression.method,
             "ratio": self.compression.ratio,

@@ -52,6 +52,7 @@ struct llama_uncomp_layer_stats {
     uint64_t bytes_held;  // K + V bytes of those cells
     uint64_t bytes_alloc; // K + V bytes allocated for the layer (all sequences)
     uint64_t bytes_per_token; // K + V bytes one token occupies in this layer
+    int32_t  n_embd_k_gqa;    // key values per token: n_head_kv * head_dim
 };
 
 // Fills up to n_max entries of out (ordered by model layer) and returns the number of cache layers,
@@ -69,6 +70,26 @@ LLAMA_API int32_t llama_uncomp_tokens_kept(
                     llama_seq_id   seq_id,
                          int32_t   il,
                          int32_t * out,
+                         int32_t   n_max);
+
+// Keys of model layer il held for seq_id, ordered by position and converted to float:
+// out[t*n_embd_k_gqa + j], needing n_max >= tokens * n_embd_k_gqa. out = NULL counts.
+// Returns the number of tokens, or a negative enum llama_uncomp_error.
+LLAMA_API int32_t llama_uncomp_read_keys(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+                         int32_t   il,
+                           float * out,
+                         int64_t   n_max);
+
+// Truncated matrix entropy (uncomp-spec section 1) of each KV head's keys of layer il for seq_id:
+// out[h], h < n_head_kv; k_trunc <= 0 keeps every eigenvalue. Returns n_head_kv or < 0.
+LLAMA_API int32_t llama_uncomp_key_entropy(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+                         int32_t   il,
+                         int32_t   k_trunc,
+                           float * out,
                          int32_t   n_max);
 
 //

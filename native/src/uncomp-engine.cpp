@@ -5,6 +5,7 @@
 // This version gives every layer and head the same budget (snapkv, streamingllm) and works on a
 // single-stream llama_kv_cache (not yet the iSWA cache of Gemma 3).
 #include "uncomp.h"
+#include "uncomp-impl.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
@@ -211,6 +212,39 @@ std::vector<uint32_t> select_kept(const std::vector<float> & score, int64_t n, i
 }
 
 } // namespace
+
+int32_t llama_uncomp_read_keys(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+                         int32_t   il,
+                           float * out,
+                         int64_t   n_max) {
+    if (ctx == nullptr) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    for (const auto & l : uncomp_cache_layers(ctx)) {
+        if ((int32_t) l.il != il) {
+            continue;
+        }
+        if (seq_id < 0 || seq_id >= (llama_seq_id) l.cache->get_n_seq_max()) {
+            return LLAMA_UNCOMP_ERR_PARAMS;
+        }
+        std::vector<uint32_t> cells;
+        for (const auto & pc : l.cache->get_cells(seq_id).seq_pos_get(seq_id)) {
+            cells.push_back(pc.second);
+        }
+        const int64_t n_embd = ctx->get_model().hparams.n_embd_k_gqa(il);
+        if (out != nullptr) {
+            if (n_max < (int64_t) cells.size() * n_embd) {
+                return LLAMA_UNCOMP_ERR_PARAMS;
+            }
+            const auto rows = rows_to_float(l.cache->get_k_storage(il), l.cache->get_stream(seq_id), cells, n_embd);
+            std::copy(rows.begin(), rows.end(), out);
+        }
+        return (int32_t) cells.size();
+    }
+    return LLAMA_UNCOMP_ERR_PARAMS;
+}
 
 int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params) {
     if (ctx == nullptr || llama_uncomp_params_check(params) != nullptr) {

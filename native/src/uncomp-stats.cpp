@@ -1,5 +1,6 @@
 // KV-cache statistics: what each layer and KV head of a context's memory holds, in tokens and bytes.
 #include "uncomp.h"
+#include "uncomp-impl.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
@@ -8,17 +9,7 @@
 
 #include <vector>
 
-namespace {
-
-struct cache_layer {
-    const llama_kv_cache * cache;
-    uint32_t               il;
-    bool                   is_swa;
-};
-
-// The KV caches behind a context's memory with their layers, ordered by model layer.
-// Empty when the memory is not a KV cache (recurrent, hybrid).
-std::vector<cache_layer> cache_layers(const llama_context * ctx) {
+std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx) {
     std::vector<const llama_kv_cache *> caches;
     std::vector<bool> swa;
     llama_memory_i * mem = ctx->get_memory();
@@ -30,13 +21,13 @@ std::vector<cache_layer> cache_layers(const llama_context * ctx) {
         swa    = { false, true };
     }
     const auto & hparams = ctx->get_model().hparams;
-    std::vector<cache_layer> res(hparams.n_layer(), cache_layer{ nullptr, 0, false });
+    std::vector<uncomp_cache_layer> res(hparams.n_layer(), uncomp_cache_layer{ nullptr, 0, false });
     for (size_t c = 0; c < caches.size(); ++c) {
         for (uint32_t il : caches[c]->get_layer_ids()) {
             res[il] = { caches[c], il, (bool) swa[c] };
         }
     }
-    std::vector<cache_layer> present;
+    std::vector<uncomp_cache_layer> present;
     for (const auto & l : res) {
         if (l.cache) {
             present.push_back(l);
@@ -44,6 +35,8 @@ std::vector<cache_layer> cache_layers(const llama_context * ctx) {
     }
     return present;
 }
+
+namespace {
 
 uint32_t cells_of_seq(const llama_kv_cache * cache, llama_seq_id seq_id) {
     if (seq_id < 0 || seq_id >= (llama_seq_id) cache->get_n_seq_max()) {
@@ -62,7 +55,7 @@ int32_t llama_uncomp_layer_stats(
     if (ctx == nullptr) {
         return -1;
     }
-    const auto layers = cache_layers(ctx);
+    const auto layers = uncomp_cache_layers(ctx);
     if (layers.empty()) {
         return -1;
     }
@@ -84,6 +77,7 @@ int32_t llama_uncomp_layer_stats(
         s.bytes_held      = per_token * n_cells;
         s.bytes_alloc     = ggml_nbytes(k) + ggml_nbytes(v);
         s.bytes_per_token = per_token;
+        s.n_embd_k_gqa    = (int32_t) hparams.n_embd_k_gqa(l.il);
     }
     return (int32_t) layers.size();
 }
@@ -97,7 +91,7 @@ int32_t llama_uncomp_tokens_kept(
     if (ctx == nullptr) {
         return -1;
     }
-    for (const auto & l : cache_layers(ctx)) {
+    for (const auto & l : uncomp_cache_layers(ctx)) {
         if ((int32_t) l.il != il) {
             continue;
         }

@@ -1,0 +1,23 @@
+// Internal helpers shared by pyuncomp's native sources (not part of the C API).
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <vector>
+
+class llama_kv_cache;
+
+// one cache layer of a context's memory
+struct uncomp_cache_layer {
+    const llama_kv_cache * cache;
+    uint32_t               il;
+    bool                   is_swa;
+};
+
+// The KV caches behind a context's memory with their layers, ordered by model layer; empty when
+// the memory is not a KV cache (recurrent, hybrid).
+std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx);
+
+// Truncated matrix entropy of n rows of d values (row r at x + r*stride), k_trunc <= 0: all d.
+float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d, int k_trunc);
