@@ -137,6 +137,23 @@ class Llama(llama_cpp.Llama):
         _check(lib.llama_uncomp_read_keys(ctx, seq_id, layer, ffi.cast("float *", keys.ctypes.data), keys.size))
         return keys
 
+    def window_queries(self, layer: int):
+        """The post-RoPE queries of the last ``window`` prompt tokens that scored layer ``layer`` at the
+        last compression: float32 [rows, n_head * head_dim], oldest first."""
+        import numpy as np
+
+        if not self._attached:
+            raise RuntimeError("window_queries: this model does not compress (ratio=1.0 or method='full')")
+        layer_stats = {s["il"]: s for s in self._layer_stats(0)}
+        if layer not in layer_stats:
+            raise ValueError(f"layer: {layer} is not a cache layer of this model")
+        head_dim = layer_stats[layer]["n_embd_k_gqa"] // layer_stats[layer]["n_head_kv"]
+        ctx = self._ctx_ptr()
+        n_rows = _check(lib.llama_uncomp_window_queries(ctx, layer, ffi.NULL, 0))
+        queries = np.empty((n_rows, llama_cpp.llama_model_n_head(self._model.model) * head_dim), dtype=np.float32)
+        _check(lib.llama_uncomp_window_queries(ctx, layer, ffi.cast("float *", queries.ctypes.data), queries.size))
+        return queries
+
     def entropy_profile(self, k: int = 32, seq_id: int = 0) -> list:
         """Truncated matrix entropy (top ``k`` eigenvalues, normalised by log(head_dim)) of each KV
         head's cached keys, one list per cache layer: the uncertainty UNComp splits budgets by."""

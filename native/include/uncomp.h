@@ -115,6 +115,14 @@ LLAMA_API void    llama_uncomp_detach(struct llama_context * ctx);
 // on = true: record window queries of the next evaluations (clears earlier ones); false: stop
 LLAMA_API int32_t llama_uncomp_observe(struct llama_context * ctx, bool on);
 
+// The window queries last observed for model layer il: out[t*n_embd_q + j] (n_embd_q = n_head * head_dim,
+// post-RoPE, oldest first). Returns the number of rows (<= window), or a negative enum llama_uncomp_error.
+LLAMA_API int32_t llama_uncomp_window_queries(
+        const struct llama_context * ctx,
+                         int32_t   il,
+                           float * out,
+                         int64_t   n_max);
+
 // Evicts tokens of seq_id down to its budget. Returns the tokens kept per KV head (the sequence's
 // cell count when nothing had to go), or a negative enum llama_uncomp_error.
 LLAMA_API int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id);

@@ -282,6 +282,32 @@ int32_t llama_uncomp_observe(struct llama_context * ctx, bool on) {
     return 0;
 }
 
+int32_t llama_uncomp_window_queries(
+        const struct llama_context * ctx,
+                         int32_t   il,
+                           float * out,
+                         int64_t   n_max) {
+    const uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (il < 0 || (size_t) il >= st->window_q.size()) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    const auto & rows = st->window_q[il];
+    int64_t at = 0;
+    for (const auto & q : rows) {
+        if (out != nullptr) {
+            if (at + (int64_t) q.size() > n_max) {
+                return LLAMA_UNCOMP_ERR_PARAMS;
+            }
+            std::copy(q.begin(), q.end(), out + at);
+        }
+        at += (int64_t) q.size();
+    }
+    return (int32_t) rows.size();
+}
+
 int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     uncomp_state * st = state_of(ctx);
     if (st == nullptr) {
