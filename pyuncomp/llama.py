@@ -87,9 +87,10 @@ class Llama(llama_cpp.Llama):
         turn) the sequence's cache is compressed to its budget."""
         if not self._attached:
             return super().eval(tokens)
-        if self.n_tokens < self._compressed_upto:
+        if self.n_tokens < self._compressed_upto - self.compression.window:
             # the prompt diverges inside the compressed history: its evicted tokens cannot be
-            # restored, so the whole prompt is evaluated afresh
+            # restored, so the whole prompt is evaluated afresh. (The window's tokens are kept by
+            # every head at their true positions: rewinding into them is exact.)
             tokens = list(self._input_ids[: self.n_tokens]) + list(tokens)
             self.n_tokens = 0
             self._compressed_upto = 0
@@ -103,6 +104,14 @@ class Llama(llama_cpp.Llama):
             lib.llama_uncomp_observe(ctx, False)
         _check(lib.llama_uncomp_compress(ctx, 0))
         self._compressed_upto = self.n_tokens
+
+    def load_state(self, state) -> None:
+        """Restores a saved state (compressed or not) like the parent."""
+        super().load_state(state)
+        if self._attached:
+            # a cache holding fewer cells than evaluated positions was compressed up to there
+            held = self.compression_stats()["tokens_kept"][0][0]
+            self._compressed_upto = self.n_tokens if held < self.n_tokens else 0
 
     def close(self) -> None:
         # a constructor that refused its arguments leaves no native state behind to close

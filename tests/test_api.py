@@ -74,7 +74,7 @@ def test_unknown_builtin_model_names_the_choices():
         pyuncomp.resolve_model("no-such-model")
 
 
-def test_llama_cpp_imported_first_with_another_library_is_a_clear_error():
+def test_llama_cpp_imported_first_with_another_library_is_a_clear_error(tmp_path):
     # a llama_cpp whose library lacks pyuncomp's symbols, as stock llama-cpp-python's would
     code = (
         "import sys, types\n"
@@ -82,5 +82,7 @@ def test_llama_cpp_imported_first_with_another_library_is_a_clear_error():
         "sys.modules['llama_cpp'] = fake\n"
         "try:\n    import pyuncomp\nexcept ImportError as e:\n    print(type(e).__name__, e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # run outside the checkout: its pyuncomp/ source folder would shadow the installed package
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout
     assert out.startswith("NativeLibraryError llama_cpp was imported before pyuncomp")

@@ -104,3 +104,18 @@ def test_gemma3_sliding_window_cache_is_refused_with_its_architecture():
     path = pyuncomp.resolve_model("gemma3-270m")
     with pytest.raises(ValueError, match="'gemma3' architecture"):
         pyuncomp.Llama(str(path), method="snapkv", ratio=0.1, verbose=False)
+
+
+def test_saved_compressed_state_continues_identically(engines):
+    llm = engines("snapkv", 0.1)
+    prompt = passkey_prompt(60, 0.3, "16180")
+    llm.reset()
+    llm(prompt, max_tokens=1, temperature=0.0)
+    state = llm.save_state()
+    kept = llm.compression_stats()["tokens_kept"]
+    first = llm(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
+    # disturb the cache with another prompt, then restore
+    llm(passkey_prompt(60, 0.6, "00000"), max_tokens=4, temperature=0.0)
+    llm.load_state(state)
+    assert llm.compression_stats()["tokens_kept"] == kept
+    assert llm(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"] == first

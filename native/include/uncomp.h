@@ -123,7 +123,8 @@ LLAMA_API int32_t llama_uncomp_window_queries(
                            float * out,
                          int64_t   n_max);
 
-// Evicts tokens of seq_id down to its budget. Returns the tokens kept per KV head (the sequence's
+// Evicts tokens of seq_id down to its budget (at least window + n_sink; the last `window` tokens are
+// always kept, in the last cells at their true positions). Returns the tokens kept per KV head (the sequence's
 // cell count when nothing had to go), or a negative enum llama_uncomp_error.
 LLAMA_API int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id);
 

@@ -337,9 +337,10 @@ int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     const int64_t n = (int64_t) pos.size();
     const int64_t n_pos = n == 0 ? 0 : (int64_t) pos.back() + 1;
     int64_t budget = p.budget > 0 ? p.budget : (int64_t) std::lround(p.ratio * (double) n_pos);
-    const int64_t w = p.method == LLAMA_UNCOMP_METHOD_SNAPKV ? p.window : 0;
-    // never fewer than the window and the sinks: they are always kept
-    budget = std::max<int64_t>(budget, std::max<int64_t>(w, 1) + p.n_sink);
+    // never fewer than the window and the sinks: they are always kept, and the window's tokens stay
+    // the last cells at their true positions (so a rewind inside the window is exact)
+    const int64_t w = p.window;
+    budget = std::max<int64_t>(budget, w + p.n_sink);
     if (budget >= n) {
         return (int32_t) n; // nothing to evict
     }
@@ -355,7 +356,7 @@ int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
         std::vector<std::vector<uint32_t>> src(n_head_kv);
         if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
             // attention sinks (at least one token) and the most recent tokens
-            const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), budget - 1);
+            const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), budget - w);
             for (auto & s : src) {
                 for (int64_t i = 0; i < sinks; ++i) s.push_back(cells[i]);
                 for (int64_t i = n - (budget - sinks); i < n; ++i) s.push_back(cells[i]);
