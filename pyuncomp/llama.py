@@ -74,8 +74,8 @@ class Llama(llama_cpp.Llama):
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
             if err == lib.LLAMA_UNCOMP_ERR_MEMORY:
                 arch = self.metadata.get("general.architecture", "?")
-                raise ValueError(f"method={method!r}: the '{arch}' architecture's KV cache (sliding-window or "
-                                 "recurrent) is not supported by this version of the engine")
+                raise ValueError(f"method={method!r}: the '{arch}' architecture's memory is not a KV cache "
+                                 "(recurrent or hybrid), so there is nothing to compress")
             _check(err)
             self._attached = True
 

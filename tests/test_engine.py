@@ -100,10 +100,26 @@ def test_a_diverging_prompt_gives_what_a_fresh_evaluation_gives(engines):
     assert llm(other, max_tokens=8, temperature=0.0)["choices"][0]["text"] == fresh
 
 
-def test_gemma3_sliding_window_cache_is_refused_with_its_architecture():
-    path = pyuncomp.resolve_model("gemma3-270m")
-    with pytest.raises(ValueError, match="'gemma3' architecture"):
-        pyuncomp.Llama(str(path), method="snapkv", ratio=0.1, verbose=False)
+@pytest.fixture(scope="module")
+def gemma3_path():
+    return str(pyuncomp.resolve_model("gemma3-270m"))
+
+
+def test_gemma3_compresses_its_global_layers_and_keeps_the_sliding_ones(gemma3_path):
+    full = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, verbose=False)
+    snap = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, method="snapkv", ratio=0.1, verbose=False)
+    full_hits = passkey_score(full)
+    snap_hits = passkey_score(snap)
+    assert snap_hits >= full_hits
+    f, s = full.compression_stats(), snap.compression_stats()
+    assert f["swa_layers"] == s["swa_layers"] and len(s["swa_layers"]) > 0
+    for layer, kept_full, kept_snap in zip(s["layers"], f["tokens_kept"], s["tokens_kept"]):
+        if layer in s["swa_layers"]:
+            assert kept_snap == kept_full  # sliding-window layers untouched
+        else:
+            assert kept_snap[0] <= round(0.1 * s["n_tokens"]) + 8 < kept_full[0]
+    full.close()
+    snap.close()
 
 
 def test_saved_compressed_state_continues_identically(engines):

@@ -97,12 +97,12 @@ LLAMA_API int32_t llama_uncomp_key_entropy(
 // each layer's last `window` post-RoPE queries), then compress a sequence: every KV head of every
 // layer keeps `budget` tokens (ratio x positions when budget = 0), moved into the sequence's lowest
 // cells so that later graphs attend over them only. This version: methods snapkv and streamingllm,
-// one budget for all layers and heads, a plain (non-SWA) KV cache.
+// one budget for all layers and heads; of an iSWA cache (Gemma 3) the full-attention layers.
 //
 
 enum llama_uncomp_error {
     LLAMA_UNCOMP_ERR_PARAMS       = -1, // bad arguments (see llama_uncomp_params_check)
-    LLAMA_UNCOMP_ERR_MEMORY       = -2, // the context's memory is not a plain KV cache (iSWA, recurrent)
+    LLAMA_UNCOMP_ERR_MEMORY       = -2, // the context's memory is not a KV cache (recurrent, hybrid)
     LLAMA_UNCOMP_ERR_NOT_ATTACHED = -3, // llama_uncomp_attach was not called on this context
     LLAMA_UNCOMP_ERR_METHOD       = -4, // the method needs per-layer budgets, not in this engine yet
     LLAMA_UNCOMP_ERR_NO_QUERIES   = -5, // no observed window queries for a layer

@@ -2,13 +2,14 @@
 // scores every cached token per KV head (SnapKV: window attention, pooled) and compacts each head's
 // kept rows into the lowest cells of the sequence, so later graphs attend over n_kv = budget cells.
 //
-// This version gives every layer and head the same budget (snapkv, streamingllm) and works on a
-// single-stream llama_kv_cache (not yet the iSWA cache of Gemma 3).
+// This version gives every layer and head the same budget (snapkv, streamingllm). With an iSWA cache
+// (Gemma 3) it compresses the full-attention layers; the sliding-window layers stay as they are.
 #include "uncomp.h"
 #include "uncomp-impl.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
+#include "llama-kv-cache-iswa.h"
 #include "llama-model.h"
 
 #include "ggml-backend.h"
@@ -31,6 +32,19 @@ struct uncomp_state {
     // per model layer: the last `window` post-RoPE query rows seen, each [head_dim * n_head] floats
     std::vector<std::deque<std::vector<float>>> window_q;
 };
+
+// The cache the engine compresses: a plain KV cache, or the full-attention (base) half of an iSWA
+// cache, whose sliding-window layers already hold only their window. nullptr for other memories.
+llama_kv_cache * compressible_cache(llama_context * ctx) {
+    llama_memory_i * mem = ctx->get_memory();
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(mem)) {
+        return kv;
+    }
+    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
+        return iswa->get_base();
+    }
+    return nullptr;
+}
 
 std::mutex g_states_mutex;
 std::unordered_map<const llama_context *, std::unique_ptr<uncomp_state>> g_states;
@@ -250,7 +264,7 @@ int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncom
     if (ctx == nullptr || llama_uncomp_params_check(params) != nullptr) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
-    if (dynamic_cast<llama_kv_cache *>(ctx->get_memory()) == nullptr) {
+    if (compressible_cache(ctx) == nullptr) {
         return LLAMA_UNCOMP_ERR_MEMORY;
     }
     auto st = std::make_unique<uncomp_state>();
@@ -317,7 +331,7 @@ int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     if (p.method != LLAMA_UNCOMP_METHOD_SNAPKV && p.method != LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
         return LLAMA_UNCOMP_ERR_METHOD;
     }
-    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
+    llama_kv_cache * kv = compressible_cache(ctx);
     if (seq_id < 0 || seq_id >= (llama_seq_id) kv->get_n_seq_max()) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
