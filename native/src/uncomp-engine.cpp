@@ -28,7 +28,6 @@ namespace {
 
 struct uncomp_state {
     llama_uncomp_params params;
-    bool observing = false;
     // per model layer: the last `window` post-RoPE query rows seen, each [head_dim * n_head] floats
     std::vector<std::deque<std::vector<float>>> window_q;
 };
@@ -288,7 +287,6 @@ int32_t llama_uncomp_observe(struct llama_context * ctx, bool on) {
     if (st == nullptr) {
         return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
     }
-    st->observing = on;
     if (on) {
         for (auto & rows : st->window_q) rows.clear();
     }
