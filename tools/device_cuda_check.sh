@@ -4,18 +4,7 @@
 # Prepare with tools/device_pack.sh, then run with .src carried:  bash tools/device_cuda_check.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-SITE=/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .src/wheels/*.whl
-tar xzf .src/llama_cpp_py.tgz -C "$SITE"
-tar xzf .src/llama-src.tgz -C third_party       # the patched tree, stamped: no fetch needed
-export PYTHONPATH=$SITE
-
-start=$(date +%s)
-CMAKE_BUILD_PARALLEL_LEVEL=16 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90a" \
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" . 2>&1 | tail -5
-echo "CUDA configure+build+install: $(( $(date +%s) - start )) s"
+source tools/device_build.sh
 ls "$SITE/pyuncomp/lib"
 
 # a small random-weight llama (meaningless text; it checks loading and generating on the GPU)
