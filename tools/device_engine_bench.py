@@ -5,9 +5,11 @@ a Llama-3-8B-shaped random Q4_0 model, f16 KV, flash attention, at each depth gi
 import sys
 import time
 
-import numpy as np
+# first: on the GPU image, importing numpy before pyuncomp's libraries crashed the process at once
+# (seen 2026-11-22, not yet understood)
+import pyuncomp  # noqa: I001
 
-import pyuncomp
+import numpy as np
 
 
 def cpu_vs_cuda(small):
