@@ -109,8 +109,11 @@ class Llama(llama_cpp.Llama):
         """Restores a saved state (compressed or not) like the parent."""
         super().load_state(state)
         if self._attached:
-            # a cache holding fewer cells than evaluated positions was compressed up to there
-            held = self.compression_stats()["tokens_kept"][0][0]
+            # a cache whose compressible (non-sliding-window) layers hold fewer cells than evaluated
+            # positions was compressed up to there
+            stats = self.compression_stats()
+            held = min(kept[0] for layer, kept in zip(stats["layers"], stats["tokens_kept"])
+                       if layer not in stats["swa_layers"])
             self._compressed_upto = self.n_tokens if held < self.n_tokens else 0
 
     def close(self) -> None:
