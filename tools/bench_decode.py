@@ -17,10 +17,9 @@ def filler_tokens(llm, n):
     return [llm.token_bos()] + (toks * (n // len(toks) + 1))[: n - 1]
 
 
-def run(path, method, ratio, depth, n_gen, threads, n_gpu_layers):
-    llm = pyuncomp.Llama(path, n_ctx=depth + n_gen + 16, n_batch=512, method=method, ratio=ratio,
-                         n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False)
-    prompt = filler_tokens(llm, depth)
+def time_prefill_and_decode(llm, prompt, n_gen):
+    """Evaluates prompt (and so compresses it), then decodes n_gen greedy tokens one at a time.
+    Returns (prefill seconds, decode tokens/s, compression_stats() after the prefill); closes llm."""
     t0 = time.perf_counter()
     llm.eval(prompt)
     t_prefill = time.perf_counter() - t0
@@ -31,6 +30,12 @@ def run(path, method, ratio, depth, n_gen, threads, n_gpu_layers):
     t_decode = time.perf_counter() - t0
     llm.close()
     return t_prefill, n_gen / t_decode, stats
+
+
+def run(path, method, ratio, depth, n_gen, threads, n_gpu_layers):
+    llm = pyuncomp.Llama(path, n_ctx=depth + n_gen + 16, n_batch=512, method=method, ratio=ratio,
+                         n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False)
+    return time_prefill_and_decode(llm, filler_tokens(llm, depth), n_gen)
 
 
 def main():

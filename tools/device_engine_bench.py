@@ -3,13 +3,14 @@ path and on CUDA keeps the same keys; (2) prefill time, decode speed and KV byte
 a Llama-3-8B-shaped random Q4_0 model, f16 KV, flash attention, at each depth given."""
 
 import sys
-import time
 
 # first: on the GPU image, importing numpy before pyuncomp's libraries crashed the process at once
 # (seen 2026-11-22, not yet understood)
 import pyuncomp  # noqa: I001
 
 import numpy as np
+
+from bench_decode import time_prefill_and_decode  # tools/ is on PYTHONPATH
 
 
 def cpu_vs_cuda(small):
@@ -29,17 +30,9 @@ def speed(model, depth, n_gen=64):
     for method, ratio in (("full", 1.0), ("snapkv", 0.05)):
         llm = pyuncomp.Llama(model, n_ctx=depth + n_gen + 16, n_batch=2048, n_ubatch=512, n_gpu_layers=-1,
                              flash_attn=True, method=method, ratio=ratio, verbose=False)
-        t = time.perf_counter()
-        llm.eval(tokens)
-        t_prefill = time.perf_counter() - t
-        s = llm.compression_stats()
-        t = time.perf_counter()
-        for _ in range(n_gen):
-            llm.eval([llm.sample(temp=0.0)])
-        tok_s = n_gen / (time.perf_counter() - t)
+        t_prefill, tok_s, s = time_prefill_and_decode(llm, tokens, n_gen)
         print(f"depth {depth} {method} {ratio}: prefill {t_prefill:.2f} s, decode {tok_s:.1f} tok/s, KV held "
               f"{s['kv_bytes'] / 2**20:.0f} MiB = {s['kv_bytes'] / s['kv_bytes_full']:.3f} of full", flush=True)
-        llm.close()
 
 
 if __name__ == "__main__":
