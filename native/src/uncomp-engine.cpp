@@ -232,31 +232,23 @@ int32_t llama_uncomp_read_keys(
                          int32_t   il,
                            float * out,
                          int64_t   n_max) {
-    if (ctx == nullptr) {
+    const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    if (cache == nullptr || seq_id < 0 || seq_id >= (llama_seq_id) cache->get_n_seq_max()) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
-    for (const auto & l : uncomp_cache_layers(ctx)) {
-        if ((int32_t) l.il != il) {
-            continue;
-        }
-        if (seq_id < 0 || seq_id >= (llama_seq_id) l.cache->get_n_seq_max()) {
+    std::vector<uint32_t> cells;
+    for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) {
+        cells.push_back(pc.second);
+    }
+    const int64_t n_embd = ctx->get_model().hparams.n_embd_k_gqa(il);
+    if (out != nullptr) {
+        if (n_max < (int64_t) cells.size() * n_embd) {
             return LLAMA_UNCOMP_ERR_PARAMS;
         }
-        std::vector<uint32_t> cells;
-        for (const auto & pc : l.cache->get_cells(seq_id).seq_pos_get(seq_id)) {
-            cells.push_back(pc.second);
-        }
-        const int64_t n_embd = ctx->get_model().hparams.n_embd_k_gqa(il);
-        if (out != nullptr) {
-            if (n_max < (int64_t) cells.size() * n_embd) {
-                return LLAMA_UNCOMP_ERR_PARAMS;
-            }
-            const auto rows = rows_to_float(l.cache->get_k_storage(il), l.cache->get_stream(seq_id), cells, n_embd);
-            std::copy(rows.begin(), rows.end(), out);
-        }
-        return (int32_t) cells.size();
+        const auto rows = rows_to_float(cache->get_k_storage(il), cache->get_stream(seq_id), cells, n_embd);
+        std::copy(rows.begin(), rows.end(), out);
     }
-    return LLAMA_UNCOMP_ERR_PARAMS;
+    return (int32_t) cells.size();
 }
 
 int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params) {

@@ -19,5 +19,8 @@ struct uncomp_cache_layer {
 // the memory is not a KV cache (recurrent, hybrid).
 std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx);
 
+// The cache holding model layer il, or nullptr (no such cache layer, or ctx is NULL).
+const llama_kv_cache * uncomp_cache_of_layer(const llama_context * ctx, int32_t il);
+
 // Truncated matrix entropy of n rows of d values (row r at x + r*stride), k_trunc <= 0: all d.
 float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d, int k_trunc);

@@ -36,6 +36,18 @@ std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx) {
     return present;
 }
 
+const llama_kv_cache * uncomp_cache_of_layer(const llama_context * ctx, int32_t il) {
+    if (ctx == nullptr) {
+        return nullptr;
+    }
+    for (const auto & l : uncomp_cache_layers(ctx)) {
+        if ((int32_t) l.il == il) {
+            return l.cache;
+        }
+    }
+    return nullptr;
+}
+
 namespace {
 
 uint32_t cells_of_seq(const llama_kv_cache * cache, llama_seq_id seq_id) {
@@ -88,20 +100,15 @@ int32_t llama_uncomp_tokens_kept(
                          int32_t   il,
                          int32_t * out,
                          int32_t   n_max) {
-    if (ctx == nullptr) {
+    const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    if (cache == nullptr) {
         return -1;
     }
-    for (const auto & l : uncomp_cache_layers(ctx)) {
-        if ((int32_t) l.il != il) {
-            continue;
-        }
-        const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(l.il);
-        // the stock cache keeps every token for every head of a layer
-        const int32_t n_cells = (int32_t) cells_of_seq(l.cache, seq_id);
-        for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
-            out[h] = n_cells;
-        }
-        return n_head_kv;
+    const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(il);
+    // every head of a layer holds the same cells: the engine compacts each head into the same count
+    const int32_t n_cells = (int32_t) cells_of_seq(cache, seq_id);
+    for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
+        out[h] = n_cells;
     }
-    return -1;
+    return n_head_kv;
 }
