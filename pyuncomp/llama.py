@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ._native import context_ptr, ffi, lib, llama_cpp
 from .config import CompressionConfig
+from .policies import LayerInfo, fit_budgets, make_policy
 
 GGUF_MAGIC = b"GGUF"
-# methods the engine runs in this version (one budget for every layer and head)
-ENGINE_METHODS = ("snapkv", "streamingllm")
 
 
 def _check(code: int) -> int:
@@ -62,14 +63,11 @@ class Llama(llama_cpp.Llama):
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
-        if self.compression.compresses and self.compression.method not in ENGINE_METHODS:
-            # per-layer budgets are not in the engine yet: refuse rather than run something else
-            raise NotImplementedError(
-                f"method={method!r} needs per-layer budgets, which this version of the engine does not "
-                f"have yet; use one of {', '.join(ENGINE_METHODS)} (or ratio=1.0)")
+        self.policy = make_policy(method, n_head_groups) if self.compression.compresses else None
         super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
         self._attached = False
         self._compressed_upto = 0  # positions evaluated when the cache was last compressed
+        self._entropy = None  # per compressible layer, each KV head's key entropy at the last compression
         if self.compression.compresses:
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
             if err == lib.LLAMA_UNCOMP_ERR_MEMORY:
@@ -94,6 +92,7 @@ class Llama(llama_cpp.Llama):
             tokens = list(self._input_ids[: self.n_tokens]) + list(tokens)
             self.n_tokens = 0
             self._compressed_upto = 0
+            lib.llama_uncomp_forget(self._ctx_ptr())
         if len(tokens) <= 1:
             return super().eval(tokens)
         ctx = self._ctx_ptr()
@@ -102,13 +101,52 @@ class Llama(llama_cpp.Llama):
             super().eval(tokens)
         finally:
             lib.llama_uncomp_observe(ctx, False)
-        _check(lib.llama_uncomp_compress(ctx, 0))
+        self._compress(0)
         self._compressed_upto = self.n_tokens
+
+    def _compress(self, seq_id: int) -> None:
+        """Splits the sequence's budget with the policy and lets the engine evict down to it."""
+        cfg = self.compression
+        stats = self._layer_stats(seq_id)
+        compressible = [s for s in stats if not s["is_swa"]]
+        layers = [LayerInfo(il=s["il"], n_head_kv=s["n_head_kv"]) for s in compressible]
+        if self.policy.needs_entropy:
+            self._entropy = [self._key_entropy(s["il"], s["n_head_kv"], 32, seq_id) for s in compressible]
+            layers = [LayerInfo(layer.il, layer.n_head_kv, e) for layer, e in zip(layers, self._entropy)]
+        held = max(s["n_cells"] for s in compressible)
+        mean = cfg.budget if cfg.budget is not None else cfg.ratio * self.n_tokens
+        budgets = iter(fit_budgets(self.policy.weights(layers), mean, cfg.window + cfg.n_sink, held))
+        # one entry per KV head of every cache layer; sliding-window layers keep what they hold
+        flat = np.concatenate([np.full(s["n_head_kv"], held) if s["is_swa"] else next(budgets) for s in stats])
+        flat = np.ascontiguousarray(flat, dtype=np.int32)
+        _check(lib.llama_uncomp_compress_budgets(self._ctx_ptr(), seq_id, ffi.cast("int32_t *", flat.ctypes.data), flat.size))
+
+    def _key_entropy(self, layer: int, n_head_kv: int, k: int, seq_id: int) -> np.ndarray:
+        out = np.empty(n_head_kv, dtype=np.float32)
+        _check(lib.llama_uncomp_key_entropy(self._ctx_ptr(), seq_id, layer, k, ffi.cast("float *", out.ctypes.data), n_head_kv))
+        return out
+
+    def save_state(self):
+        """Saves the state like the parent, with the compressed cache's per-head layout."""
+        state = super().save_state()
+        if self._attached:
+            state.uncomp_head_start = {}
+            for s in self._layer_stats(0):
+                start = np.empty(s["n_head_kv"], dtype=np.uint32)
+                _check(lib.llama_uncomp_head_start(self._ctx_ptr(), s["il"], ffi.cast("uint32_t *", start.ctypes.data), start.size))
+                if start.any():
+                    state.uncomp_head_start[s["il"]] = start
+        return state
 
     def load_state(self, state) -> None:
         """Restores a saved state (compressed or not) like the parent."""
+        if self._attached:
+            lib.llama_uncomp_forget(self._ctx_ptr())
         super().load_state(state)
         if self._attached:
+            for il, start in getattr(state, "uncomp_head_start", {}).items():
+                start = np.ascontiguousarray(start, dtype=np.uint32)
+                _check(lib.llama_uncomp_set_head_start(self._ctx_ptr(), il, ffi.cast("uint32_t *", start.ctypes.data), start.size))
             # a cache whose compressible (non-sliding-window) layers hold fewer cells than evaluated
             # positions was compressed up to there
             stats = self.compression_stats()
@@ -138,8 +176,6 @@ class Llama(llama_cpp.Llama):
     def cached_keys(self, layer: int, seq_id: int = 0):
         """The keys model layer ``layer`` holds for ``seq_id``, ordered by position, as a float32
         array [tokens, n_head_kv * head_dim] (post-RoPE, dequantised)."""
-        import numpy as np
-
         width = {s["il"]: s["n_embd_k_gqa"] for s in self._layer_stats(seq_id)}
         if layer not in width:
             raise ValueError(f"layer: {layer} is not a cache layer of this model")
@@ -152,8 +188,6 @@ class Llama(llama_cpp.Llama):
     def window_queries(self, layer: int):
         """The post-RoPE queries of the last ``window`` prompt tokens that scored layer ``layer`` at the
         last compression: float32 [rows, n_head * head_dim], oldest first."""
-        import numpy as np
-
         if not self._attached:
             raise RuntimeError("window_queries: this model does not compress (ratio=1.0 or method='full')")
         layer_stats = {s["il"]: s for s in self._layer_stats(0)}
@@ -169,12 +203,9 @@ class Llama(llama_cpp.Llama):
     def entropy_profile(self, k: int = 32, seq_id: int = 0) -> list:
         """Truncated matrix entropy (top ``k`` eigenvalues, normalised by log(head_dim)) of each KV
         head's cached keys, one list per cache layer: the uncertainty UNComp splits budgets by."""
-        ctx = self._ctx_ptr()
         profile = []
         for s in self._layer_stats(seq_id):
-            out = ffi.new("float[]", s["n_head_kv"])
-            _check(lib.llama_uncomp_key_entropy(ctx, seq_id, s["il"], k, out, s["n_head_kv"]))
-            profile.append([float(v) for v in out])
+            profile.append([float(v) for v in self._key_entropy(s["il"], s["n_head_kv"], k, seq_id)])
         return profile
 
     def compression_stats(self, seq_id: int = 0) -> dict:
@@ -183,7 +214,9 @@ class Llama(llama_cpp.Llama):
         Keys: ``method``, ``ratio``, ``n_tokens`` (tokens evaluated), ``kv_bytes`` (K+V bytes held),
         ``kv_bytes_full`` (what a full cache holds for the same tokens), ``kv_bytes_allocated``,
         ``layers`` (model layer index of each cache layer), ``swa_layers``, and ``tokens_kept``
-        (per cache layer, one count per KV head).
+        (per cache layer, one count per KV head), ``entropy`` (the key entropy of each KV head of each
+        compressible layer that the last compression split budgets by; None for methods that do not
+        use it).
         """
         ctx = self._ctx_ptr()
         stats = self._layer_stats(seq_id)
@@ -211,4 +244,5 @@ class Llama(llama_cpp.Llama):
             "layers": layers,
             "swa_layers": swa_layers,
             "tokens_kept": tokens_kept,
+            "entropy": None if self._entropy is None else [[float(v) for v in e] for e in self._entropy],
         }

@@ -1,8 +1,7 @@
 // pyuncomp native API: uncertainty-aware KV-cache compression (UNComp) for llama.cpp.
 //
 // A flat C API compiled into libllama next to llama.cpp's own symbols. Every symbol carries the
-// llama_uncomp_ prefix. Python binds it with cffi (pyuncomp/_native.py keeps a copy of the
-// declarations below; tests/test_native_api.py checks the two agree).
+// llama_uncomp_ prefix. Python binds it with cffi, which reads this header as installed.
 #pragma once
 
 #include <stdbool.h>
@@ -49,7 +48,7 @@ struct llama_uncomp_layer_stats {
     int32_t  n_head_kv;   // KV heads of the layer
     int32_t  is_swa;      // 1 if the layer is a sliding-window layer (held in the SWA cache)
     int32_t  n_cells;     // cache cells of this layer holding tokens of seq_id
-    uint64_t bytes_held;  // K + V bytes of those cells
+    uint64_t bytes_held;  // K + V bytes of the rows its KV heads hold (heads may hold different counts)
     uint64_t bytes_alloc; // K + V bytes allocated for the layer (all sequences)
     uint64_t bytes_per_token; // K + V bytes one token occupies in this layer
     int32_t  n_embd_k_gqa;    // key values per token: n_head_kv * head_dim
@@ -73,7 +72,8 @@ LLAMA_API int32_t llama_uncomp_tokens_kept(
                          int32_t   n_max);
 
 // Keys of model layer il held for seq_id, ordered by position and converted to float:
-// out[t*n_embd_k_gqa + j], needing n_max >= tokens * n_embd_k_gqa. out = NULL counts.
+// out[t*n_embd_k_gqa + j], needing n_max >= tokens * n_embd_k_gqa. out = NULL counts. KV head h holds
+// the last llama_uncomp_tokens_kept rows; its slice of earlier rows is zero.
 // Returns the number of tokens, or a negative enum llama_uncomp_error.
 LLAMA_API int32_t llama_uncomp_read_keys(
         const struct llama_context * ctx,
@@ -94,19 +94,21 @@ LLAMA_API int32_t llama_uncomp_key_entropy(
 
 //
 // Compression engine. Attach parameters to a context, observe the prompt's evaluation (it records
-// each layer's last `window` post-RoPE queries), then compress a sequence: every KV head of every
-// layer keeps `budget` tokens (ratio x positions when budget = 0), moved into the sequence's lowest
-// cells so that later graphs attend over them only. This version: methods snapkv and streamingllm,
-// one budget for all layers and heads; of an iSWA cache (Gemma 3) the full-attention layers.
+// each layer's last `window` post-RoPE queries), then compress a sequence: each KV head of each layer
+// keeps its budget of tokens (scored by the method: streamingllm keeps sinks and recent tokens, the
+// others the window's attention), moved into the sequence's first cells so that later graphs attend
+// over them only. Heads keeping fewer tokens start at a later cell; all end at the same one. Of an
+// iSWA cache (Gemma 3) the full-attention layers are compressed. The sequence must be the only one in
+// its cache stream.
 //
 
 enum llama_uncomp_error {
     LLAMA_UNCOMP_ERR_PARAMS       = -1, // bad arguments (see llama_uncomp_params_check)
     LLAMA_UNCOMP_ERR_MEMORY       = -2, // the context's memory is not a KV cache (recurrent, hybrid)
     LLAMA_UNCOMP_ERR_NOT_ATTACHED = -3, // llama_uncomp_attach was not called on this context
-    LLAMA_UNCOMP_ERR_METHOD       = -4, // the method needs per-layer budgets, not in this engine yet
+    LLAMA_UNCOMP_ERR_METHOD       = -4, // the method does not compress (full)
     LLAMA_UNCOMP_ERR_NO_QUERIES   = -5, // no observed window queries for a layer
-    LLAMA_UNCOMP_ERR_SHARED       = -6, // the sequence shares cells with another one
+    LLAMA_UNCOMP_ERR_SHARED       = -6, // the sequence shares its cells or its cache stream with another one
 };
 
 LLAMA_API int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params);
@@ -123,10 +125,28 @@ LLAMA_API int32_t llama_uncomp_window_queries(
                            float * out,
                          int64_t   n_max);
 
-// Evicts tokens of seq_id down to its budget (at least window + n_sink; the last `window` tokens are
-// always kept, in the last cells at their true positions). Returns the tokens kept per KV head (the sequence's
-// cell count when nothing had to go), or a negative enum llama_uncomp_error.
+// Evicts tokens of seq_id down to one budget for every layer and head (params budget, or ratio x
+// positions). Every budget is at least window + n_sink: the last `window` tokens are always kept, in the
+// last cells at their true positions. Returns the cells the sequence holds, or a negative enum llama_uncomp_error.
 LLAMA_API int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id);
+
+// Same with a budget per KV head: budgets[i] for the i-th KV head of the cache layers in the order of
+// llama_uncomp_layer_stats (n_head_kv entries per layer, those of sliding-window layers unused; each
+// >= 1), n_budgets their total.
+LLAMA_API int32_t llama_uncomp_compress_budgets(
+        struct llama_context * ctx,
+                llama_seq_id   seq_id,
+               const int32_t * budgets,
+                     int64_t   n_budgets);
+
+// Forgets the per-head layout: call before the compressed sequence's cells are cleared or re-evaluated.
+LLAMA_API void llama_uncomp_forget(struct llama_context * ctx);
+
+// The first cell each KV head of model layer il reads (0 for all until a compression gives heads
+// different budgets): out[h], h < n_head_kv. Returns n_head_kv or < 0. set restores a saved layout
+// after a state load (n = n_head_kv).
+LLAMA_API int32_t llama_uncomp_head_start(const struct llama_context * ctx, int32_t il, uint32_t * out, int32_t n_max);
+LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, int32_t il, const uint32_t * start, int32_t n);
 
 #ifdef __cplusplus
 }

@@ -1,11 +1,13 @@
-// The compression engine (first version): observes the prompt's last queries while it is evaluated,
-// scores every cached token per KV head (SnapKV: window attention, pooled) and compacts each head's
-// kept rows into the lowest cells of the sequence, so later graphs attend over n_kv = budget cells.
+// The compression engine: observes the prompt's last queries while it is evaluated, scores every
+// cached token per KV head (SnapKV: window attention, pooled; StreamingLLM: sinks and recency) and
+// compacts each head's kept rows into the sequence's first cells, right-aligned so that every head
+// ends at the same cell (uncomp-layout.h): later graphs attend per head over its own rows only.
 //
-// This version gives every layer and head the same budget (snapkv, streamingllm). With an iSWA cache
-// (Gemma 3) it compresses the full-attention layers; the sliding-window layers stay as they are.
+// Budgets are given per layer and KV head (policies split them in Python). With an iSWA cache
+// (Gemma 3) the full-attention layers are compressed; the sliding-window layers stay as they are.
 #include "uncomp.h"
 #include "uncomp-impl.h"
+#include "uncomp-layout.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
@@ -28,6 +30,7 @@ namespace {
 
 struct uncomp_state {
     llama_uncomp_params params;
+    bool observing = false;
     // per model layer: the last `window` post-RoPE query rows seen, each [head_dim * n_head] floats
     std::vector<std::deque<std::vector<float>>> window_q;
 };
@@ -102,75 +105,73 @@ std::vector<float> rows_to_float(ggml_tensor * storage, uint32_t stream, const s
     return out;
 }
 
-// Moves, for every KV head h, the rows of cells src[h][i] to cells dst[i] (i < dst.size()).
-// A row holds all heads (n_head_kv slices of head_dim elements); a transposed V holds one element
-// per cell for each of its n_embd rows.
+// Writes, for every KV head h, the rows of cells src[h][i] to cells n_kept - src[h].size() + i: each
+// head's kept rows end at cell n_kept - 1 (the layout of uncomp-layout.h). A row holds all heads
+// (n_head_kv slices of head_dim elements); a transposed V holds one element per cell for each of its
+// n_embd rows. Cells below a head's first kept row are left as zeros.
 void compact_storage(ggml_tensor * storage, uint32_t stream, bool transposed, int64_t head_dim, int64_t n_head_kv,
-                     const std::vector<std::vector<uint32_t>> & src, const std::vector<uint32_t> & dst) {
+                     const std::vector<std::vector<uint32_t>> & src, size_t n_kept) {
     const size_t base = stream * storage->nb[2];
-    const size_t B    = dst.size();
     if (!transposed) {
         const size_t head_bytes = ggml_row_size(storage->type, head_dim);
         const size_t row_bytes  = storage->nb[1];
         // gather into a buffer first: destinations overlap sources
-        std::vector<uint8_t> rows(B * row_bytes);
+        std::vector<uint8_t> rows(n_kept * row_bytes, 0);
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            for (size_t i = 0; i < B; ++i) {
-                ggml_backend_tensor_get(storage, &rows[i * row_bytes + h * head_bytes],
+            const size_t first = n_kept - src[h].size();
+            for (size_t i = 0; i < src[h].size(); ++i) {
+                ggml_backend_tensor_get(storage, &rows[(first + i) * row_bytes + h * head_bytes],
                                         base + src[h][i] * row_bytes + h * head_bytes, head_bytes);
             }
         }
-        for (size_t i = 0; i < B; ++i) {
-            ggml_backend_tensor_set(storage, &rows[i * row_bytes], base + dst[i] * row_bytes, row_bytes);
-        }
+        ggml_backend_tensor_set(storage, rows.data(), base, n_kept * row_bytes);
         return;
     }
     // transposed V: the [n_embd, kv_size] storage holds element (dim j, cell c) at (j*kv_size + c)*elem
     const size_t elem = ggml_type_size(storage->type);
     const int64_t n_cells = storage->ne[1];
     std::vector<uint8_t> line(n_cells * elem);
-    std::vector<uint8_t> moved(B * elem);
+    std::vector<uint8_t> moved(n_kept * elem);
     for (int64_t h = 0; h < n_head_kv; ++h) {
+        const size_t first = n_kept - src[h].size();
         for (int64_t j = h * head_dim; j < (h + 1) * head_dim; ++j) {
             const size_t off = base + j * n_cells * elem;
             ggml_backend_tensor_get(storage, line.data(), off, n_cells * elem);
-            for (size_t i = 0; i < B; ++i) {
-                std::memcpy(&moved[i * elem], &line[src[h][i] * elem], elem);
+            std::fill(moved.begin(), moved.end(), 0);
+            for (size_t i = 0; i < src[h].size(); ++i) {
+                std::memcpy(&moved[(first + i) * elem], &line[src[h][i] * elem], elem);
             }
-            for (size_t i = 0; i < B; ++i) {
-                std::memcpy(&line[dst[i] * elem], &moved[i * elem], elem);
-            }
+            std::memcpy(line.data(), moved.data(), n_kept * elem);
             ggml_backend_tensor_set(storage, line.data(), off, n_cells * elem);
         }
     }
 }
 
-// SnapKV scores of the n prompt tokens for each KV head of one layer: softmax attention of the
-// window queries (causal, as the model computed it), summed over the window and the query heads
-// that share a KV head, then average-pooled over positions.
-std::vector<std::vector<float>> window_scores(const uncomp_state & st, const llama_hparams & hp, uint32_t il,
-                                              const std::vector<float> & k, const std::vector<llama_pos> & pos) {
-    const int64_t n         = (int64_t) pos.size();
+// SnapKV scores of the n tokens KV head kh of layer il holds (token i: row idx[i] of k, [*, n_embd_k_gqa],
+// at position pos[idx[i]]): softmax attention of the window queries (causal, as the model computed it),
+// summed over the window and the query heads that share the KV head, then average-pooled over the
+// prefix before the window.
+std::vector<float> window_scores(const uncomp_state & st, const llama_hparams & hp, uint32_t il, int64_t kh,
+                                 const std::vector<float> & k, const std::vector<llama_pos> & pos,
+                                 const std::vector<uint32_t> & idx) {
+    const int64_t n         = (int64_t) idx.size();
     const int64_t head_dim  = hp.n_embd_head_k(il);
-    const int64_t n_head    = hp.n_head(il);
-    const int64_t n_head_kv = hp.n_head_kv(il);
     const int64_t n_embd_k  = hp.n_embd_k_gqa(il);
-    const int64_t gqa       = n_head / n_head_kv;
+    const int64_t gqa       = hp.n_head(il) / hp.n_head_kv(il);
     const float   scale     = hp.f_attention_scale == 0.0f ? 1.0f / std::sqrt((float) head_dim) : hp.f_attention_scale;
 
     const auto & rows = st.window_q[il];
     const int64_t w = (int64_t) rows.size();
-    std::vector<std::vector<float>> score(n_head_kv, std::vector<float>(n, 0.0f));
+    std::vector<float> score(n, 0.0f);
     std::vector<float> logit(n);
     for (int64_t t = 0; t < w; ++t) {
-        const llama_pos qpos = pos[n - w + t];
-        for (int64_t qh = 0; qh < n_head; ++qh) {
+        const llama_pos qpos = pos[idx[n - w + t]];
+        for (int64_t qh = kh * gqa; qh < (kh + 1) * gqa; ++qh) {
             const float * q = &rows[t][qh * head_dim];
-            const int64_t kh = qh / gqa;
             float mx = -INFINITY;
             for (int64_t j = 0; j < n; ++j) {
-                if (pos[j] > qpos) { logit[j] = -INFINITY; continue; }
-                const float * kr = &k[j * n_embd_k + kh * head_dim];
+                if (pos[idx[j]] > qpos) { logit[j] = -INFINITY; continue; }
+                const float * kr = &k[idx[j] * n_embd_k + kh * head_dim];
                 float dot = 0.0f;
                 for (int64_t d = 0; d < head_dim; ++d) {
                     dot += q[d] * kr[d];
@@ -184,26 +185,23 @@ std::vector<std::vector<float>> window_scores(const uncomp_state & st, const lla
                 sum += logit[j];
             }
             for (int64_t j = 0; j < n; ++j) {
-                score[kh][j] += (float) (logit[j] / sum);
+                score[j] += (float) (logit[j] / sum);
             }
         }
     }
     // average pooling, kernel k, zero padding k/2, stride 1 (over the prefix before the window)
     const int64_t half = st.params.pool_kernel / 2;
     const int64_t n_prefix = n - w;
-    for (auto & s : score) {
-        std::vector<float> pooled(n_prefix);
-        for (int64_t j = 0; j < n_prefix; ++j) {
-            float acc = 0.0f;
-            for (int64_t o = -half; o <= half; ++o) {
-                const int64_t x = j + o;
-                if (x >= 0 && x < n_prefix) acc += s[x];
-            }
-            pooled[j] = acc / (float) st.params.pool_kernel;
+    std::vector<float> pooled(n_prefix);
+    for (int64_t j = 0; j < n_prefix; ++j) {
+        float acc = 0.0f;
+        for (int64_t o = -half; o <= half; ++o) {
+            const int64_t x = j + o;
+            if (x >= 0 && x < n_prefix) acc += score[x];
         }
-        std::copy(pooled.begin(), pooled.end(), s.begin());
+        pooled[j] = acc / (float) st.params.pool_kernel;
     }
-    return score;
+    return pooled;
 }
 
 // indices (into the sequence's token list) kept by one head: the top (budget - w) prefix tokens by
@@ -268,6 +266,7 @@ int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncom
 
 void llama_uncomp_detach(struct llama_context * ctx) {
     if (state_of(ctx)) {
+        uncomp_layout_clear(compressible_cache(ctx));
         ctx->set_eval_callback(nullptr, nullptr);
     }
     std::lock_guard<std::mutex> lock(g_states_mutex);
@@ -282,6 +281,7 @@ int32_t llama_uncomp_observe(struct llama_context * ctx, bool on) {
     if (on) {
         for (auto & rows : st->window_q) rows.clear();
     }
+    st->observing = on;
     ctx->set_eval_callback(on ? observe_queries : nullptr, on ? st : nullptr);
     return 0;
 }
@@ -312,81 +312,205 @@ int32_t llama_uncomp_window_queries(
     return (int32_t) rows.size();
 }
 
-int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
-    uncomp_state * st = state_of(ctx);
-    if (st == nullptr) {
-        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
-    }
-    const auto & p = st->params;
-    if (p.method != LLAMA_UNCOMP_METHOD_SNAPKV && p.method != LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
-        return LLAMA_UNCOMP_ERR_METHOD;
-    }
+namespace {
+
+// The next graph must be built afresh: a reused one would keep views of the old per-head layout.
+// (Setting the eval callback drops the reusable graph; the callback itself stays as it was.)
+void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
+    ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
+}
+
+// Evicts tokens of seq_id so that KV head h of cache layer i keeps budget[i][h] tokens (clamped to
+// [window + n_sink, tokens it holds]); see llama_uncomp_compress_budgets.
+int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id,
+                     const std::vector<std::vector<int64_t>> & budget) {
+    const auto & p = st.params;
     llama_kv_cache * kv = compressible_cache(ctx);
     if (seq_id < 0 || seq_id >= (llama_seq_id) kv->get_n_seq_max()) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
     const auto & hp = ctx->get_model().hparams;
     const uint32_t stream = kv->get_stream(seq_id);
+    const auto & cells_ro = kv->get_cells(seq_id);
 
-    // the sequence's cells, by position
+    // the sequence's cells, by position; it must own its stream's cells alone, so that its kept
+    // rows can fill cells [0, n_kept) and new tokens land after every head's rows
     std::vector<llama_pos> pos;
     std::vector<uint32_t>  cells;
-    for (const auto & [p_, c] : kv->get_cells(seq_id).seq_pos_get(seq_id)) {
-        if (kv->get_cells(seq_id).seq_count(c) != 1) {
+    for (const auto & [p_, c] : cells_ro.seq_pos_get(seq_id)) {
+        if (cells_ro.seq_count(c) != 1) {
             return LLAMA_UNCOMP_ERR_SHARED; // cells shared with another sequence (seq_cp)
         }
         pos.push_back(p_);
         cells.push_back(c);
     }
+    if (cells_ro.get_used() != cells.size()) {
+        return LLAMA_UNCOMP_ERR_SHARED; // another sequence holds cells of this stream
+    }
     const int64_t n = (int64_t) pos.size();
-    const int64_t n_pos = n == 0 ? 0 : (int64_t) pos.back() + 1;
-    int64_t budget = p.budget > 0 ? p.budget : (int64_t) std::lround(p.ratio * (double) n_pos);
-    // never fewer than the window and the sinks: they are always kept, and the window's tokens stay
-    // the last cells at their true positions (so a rewind inside the window is exact)
     const int64_t w = p.window;
-    budget = std::max<int64_t>(budget, w + p.n_sink);
-    if (budget >= n) {
-        return (int32_t) n; // nothing to evict
-    }
 
-    // destination: the lowest cells of the sequence, so later graphs attend over few cells
-    std::vector<uint32_t> dst(cells);
-    std::sort(dst.begin(), dst.end());
-    dst.resize(budget);
-
-    for (uint32_t il : kv->get_layer_ids()) {
+    // per layer and head: the tokens it holds (indices into cells/pos, in position order), then kept
+    const std::vector<uint32_t> layer_ids = kv->get_layer_ids();
+    std::vector<std::vector<std::vector<uint32_t>>> kept(layer_ids.size());
+    size_t n_kept = 0;
+    bool evicts = false;
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = hp.n_head_kv(il);
-        const int64_t head_dim  = hp.n_embd_head_k(il);
-        std::vector<std::vector<uint32_t>> src(n_head_kv);
-        if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
-            // attention sinks (at least one token) and the most recent tokens
-            const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), budget - w);
-            for (auto & s : src) {
-                for (int64_t i = 0; i < sinks; ++i) s.push_back(cells[i]);
-                for (int64_t i = n - (budget - sinks); i < n; ++i) s.push_back(cells[i]);
+        const std::vector<uint32_t> start = uncomp_layout_get(kv, (int32_t) il);
+        std::vector<float> k; // the layer's keys as floats, read once when a head needs scoring
+        kept[li].resize(n_head_kv);
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            std::vector<uint32_t> held;
+            for (int64_t i = 0; i < n; ++i) {
+                if (start.empty() || cells[i] >= start[h]) held.push_back((uint32_t) i);
             }
-        } else {
-            if ((int64_t) st->window_q[il].size() < std::min<int64_t>(w, n)) {
-                return LLAMA_UNCOMP_ERR_NO_QUERIES;
+            const int64_t n_h = (int64_t) held.size();
+            // never fewer than the window and the sinks: they are always kept, and the window's
+            // tokens stay in the last cells at their true positions (a rewind inside it is exact)
+            const int64_t b = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
+            auto & out = kept[li][h];
+            if (b >= n_h) {
+                out = held;
+            } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
+                // attention sinks (at least one token) and the most recent tokens
+                const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
+                out.assign(held.begin(), held.begin() + sinks);
+                out.insert(out.end(), held.end() - (b - sinks), held.end());
+            } else {
+                const int64_t wq = (int64_t) st.window_q[il].size();
+                if (wq < std::min<int64_t>(w, n_h)) {
+                    return LLAMA_UNCOMP_ERR_NO_QUERIES;
+                }
+                if (k.empty()) {
+                    k = rows_to_float(kv->get_k_storage(il), stream, cells, hp.n_embd_k_gqa(il));
+                }
+                const auto score = window_scores(st, hp, il, h, k, pos, held);
+                for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(held[i]);
             }
-            const auto k = rows_to_float(kv->get_k_storage(il), stream, cells, hp.n_embd_k_gqa(il));
-            const auto score = window_scores(*st, hp, il, k, pos);
-            const int64_t wq = (int64_t) st->window_q[il].size();
-            for (int64_t h = 0; h < n_head_kv; ++h) {
-                for (uint32_t i : select_kept(score[h], n, wq, budget, p.n_sink)) src[h].push_back(cells[i]);
-            }
+            evicts = evicts || b < n_h;
+            n_kept = std::max(n_kept, out.size());
         }
-        compact_storage(kv->get_k_storage(il), stream, false, head_dim, n_head_kv, src, dst);
-        compact_storage(kv->get_v_storage(il), stream, kv->get_v_trans(), hp.n_embd_head_v(il), n_head_kv, src, dst);
+    }
+    if (!evicts) {
+        return (int32_t) n; // every head keeps what it holds
     }
 
-    // cell metadata: dst[i] now holds the i-th kept token of every head; give the cells the last
-    // `budget` positions, so the sequence still ends at its true position and new tokens follow it
+    // move each head's kept rows so that they end at cell n_kept - 1 and record where each starts
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const uint32_t il = layer_ids[li];
+        const int64_t n_head_kv = hp.n_head_kv(il);
+        std::vector<std::vector<uint32_t>> src(n_head_kv);
+        std::vector<uint32_t> start(n_head_kv);
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            for (uint32_t i : kept[li][h]) src[h].push_back(cells[i]);
+            start[h] = (uint32_t) (n_kept - src[h].size());
+        }
+        compact_storage(kv->get_k_storage(il), stream, false, hp.n_embd_head_k(il), n_head_kv, src, n_kept);
+        compact_storage(kv->get_v_storage(il), stream, kv->get_v_trans(), hp.n_embd_head_v(il), n_head_kv, src, n_kept);
+        uncomp_layout_set(kv, (int32_t) il, start);
+    }
+
+    // cell metadata: cells [0, n_kept) get the last n_kept positions, so the sequence still ends at
+    // its true position, the window's cells keep their own, and new tokens follow
     kv->seq_rm(seq_id, -1, -1);
     auto & cells_mut = kv->get_cells_mut(seq_id);
-    for (int64_t i = 0; i < budget; ++i) {
-        cells_mut.pos_set(dst[i], pos[n - budget + i]);
-        cells_mut.seq_add(dst[i], seq_id);
+    for (size_t i = 0; i < n_kept; ++i) {
+        cells_mut.pos_set((uint32_t) i, pos[n - n_kept + i]);
+        cells_mut.seq_add((uint32_t) i, seq_id);
     }
-    return (int32_t) budget;
+    rebuild_graphs(ctx, st);
+    return (int32_t) n_kept;
+}
+
+} // namespace
+
+int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (st->params.method == LLAMA_UNCOMP_METHOD_FULL) {
+        return LLAMA_UNCOMP_ERR_METHOD;
+    }
+    // one budget for every layer and head: the average asked for
+    llama_kv_cache * kv = compressible_cache(ctx);
+    if (seq_id < 0 || seq_id >= (llama_seq_id) kv->get_n_seq_max()) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    const llama_pos n_pos = kv->seq_pos_max(seq_id) + 1;
+    const int64_t b = st->params.budget > 0 ? st->params.budget : (int64_t) std::lround(st->params.ratio * (double) n_pos);
+    std::vector<std::vector<int64_t>> budget;
+    for (uint32_t il : kv->get_layer_ids()) {
+        budget.emplace_back(ctx->get_model().hparams.n_head_kv(il), b);
+    }
+    return compress_seq(ctx, *st, seq_id, budget);
+}
+
+int32_t llama_uncomp_compress_budgets(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * budgets, int64_t n_budgets) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (st->params.method == LLAMA_UNCOMP_METHOD_FULL) {
+        return LLAMA_UNCOMP_ERR_METHOD;
+    }
+    // budgets cover every cache layer (as llama_uncomp_layer_stats lists them), n_head_kv each;
+    // those of sliding-window layers are not used
+    llama_kv_cache * kv = compressible_cache(ctx);
+    const auto & hp = ctx->get_model().hparams;
+    std::vector<std::vector<int64_t>> budget;
+    int64_t at = 0;
+    for (const auto & l : uncomp_cache_layers(ctx)) {
+        const int64_t n_head_kv = hp.n_head_kv(l.il);
+        if (budgets == nullptr || at + n_head_kv > n_budgets) {
+            return LLAMA_UNCOMP_ERR_PARAMS;
+        }
+        if (l.cache == kv) {
+            budget.emplace_back(budgets + at, budgets + at + n_head_kv);
+            if (std::any_of(budget.back().begin(), budget.back().end(), [](int64_t b) { return b < 1; })) {
+                return LLAMA_UNCOMP_ERR_PARAMS;
+            }
+        }
+        at += n_head_kv;
+    }
+    if (at != n_budgets) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    return compress_seq(ctx, *st, seq_id, budget);
+}
+
+void llama_uncomp_forget(struct llama_context * ctx) {
+    if (state_of(ctx) != nullptr) {
+        uncomp_layout_clear(compressible_cache(ctx));
+    }
+}
+
+int32_t llama_uncomp_head_start(const struct llama_context * ctx, int32_t il, uint32_t * out, int32_t n_max) {
+    const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    if (cache == nullptr) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(il);
+    const std::vector<uint32_t> start = uncomp_layout_get(cache, il);
+    for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
+        out[h] = start.empty() ? 0 : start[h];
+    }
+    return n_head_kv;
+}
+
+int32_t llama_uncomp_set_head_start(struct llama_context * ctx, int32_t il, const uint32_t * start, int32_t n) {
+    const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (cache == nullptr || cache != compressible_cache(ctx) || start == nullptr ||
+        n != (int32_t) ctx->get_model().hparams.n_head_kv(il)) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    uncomp_layout_set(cache, il, std::vector<uint32_t>(start, start + n));
+    rebuild_graphs(ctx, *st);
+    return n;
 }

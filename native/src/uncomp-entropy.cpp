@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <future>
 #include <vector>
 
 // Eigenvalues of the symmetric d×d matrix a (row-major, destroyed), by cyclic Jacobi rotations:
@@ -52,20 +53,34 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
     for (int64_t r = 0; r < n; ++r) for (int j = 0; j < d; ++j) mean[j] += x[r*stride + j];
     for (int j = 0; j < d; ++j) mean[j] /= (double) n;
 
-    std::vector<double> a(d * d, 0.0), z(d);
+    // A = ZᵀZ (upper triangle): rank-1 updates in float over blocks of rows, summed in double
+    constexpr int64_t block = 256;
+    std::vector<double> a(d * d, 0.0);
+    std::vector<float> acc_buf(d * d, 0.0f), z_buf(d);
+    float * __restrict acc = acc_buf.data();
+    float * __restrict z   = z_buf.data();
     for (int64_t r = 0; r < n; ++r) {
         double norm = 0.0;
-        for (int j = 0; j < d; ++j) { z[j] = x[r*stride + j] - mean[j]; norm += z[j] * z[j]; }
-        norm = std::sqrt(norm);
-        if (norm == 0.0) continue;
-        for (int j = 0; j < d; ++j) z[j] /= norm;
-        for (int i = 0; i < d; ++i) for (int j = i; j < d; ++j) a[i*d + j] += z[i] * z[j];
+        for (int j = 0; j < d; ++j) { z[j] = (float) (x[r*stride + j] - mean[j]); norm += (double) z[j] * z[j]; }
+        if (norm > 0.0) {
+            const float inv = (float) (1.0 / std::sqrt(norm));
+            for (int j = 0; j < d; ++j) z[j] *= inv;
+            for (int i = 0; i < d; ++i) {
+                const float zi = z[i];
+                float * __restrict row = acc + i * d;
+                for (int j = i; j < d; ++j) row[j] += zi * z[j];
+            }
+        }
+        if ((r + 1) % block == 0 || r + 1 == n) {
+            for (int i = 0; i < d; ++i) {
+                for (int j = i; j < d; ++j) { a[i*d + j] += acc[i*d + j]; acc[i*d + j] = 0.0f; }
+            }
+        }
     }
+    for (int i = 0; i < d; ++i) for (int j = 0; j < i; ++j) a[i*d + j] = a[j*d + i];
     double trace = 0.0;
-    for (int i = 0; i < d; ++i) {
-        for (int j = i; j < d; ++j) { a[i*d + j] /= (double) n; a[j*d + i] = a[i*d + j]; }
-        trace += a[i*d + i];
-    }
+    for (auto & v : a) v /= (double) n;
+    for (int i = 0; i < d; ++i) trace += a[i*d + i];
     if (trace <= 0.0) return 0.0f;
     for (auto & v : a) v /= trace;
     for (int i = 0; i < d; ++i) a[i*d + i] += 1e-10;
@@ -96,8 +111,20 @@ int32_t llama_uncomp_key_entropy(
     llama_uncomp_read_keys(ctx, seq_id, il, keys.data(), (int64_t) keys.size());
     const int32_t n_head_kv = (int32_t) hp.n_head_kv(il);
     const int     head_dim  = (int) hp.n_embd_head_k(il);
-    for (int32_t h = 0; h < n_head_kv && h < n_max && n > 0; ++h) {
-        out[h] = uncomp_truncated_entropy(keys.data() + h * head_dim, n, n_embd, head_dim, k_trunc);
+    // head h holds the last rows[h] of the rows (a compressed head that keeps fewer starts later)
+    std::vector<int32_t> rows(n_head_kv);
+    llama_uncomp_tokens_kept(ctx, seq_id, il, rows.data(), n_head_kv);
+    // heads in parallel: this runs right after prefill, when the cores are otherwise idle
+    std::vector<std::future<float>> head_entropy;
+    for (int32_t h = 0; h < n_head_kv && h < n_max; ++h) {
+        const float * first = keys.data() + (n - rows[h]) * n_embd + h * head_dim;
+        const int64_t n_rows = rows[h];
+        head_entropy.push_back(std::async(h == 0 ? std::launch::deferred : std::launch::async, [=] {
+            return n_rows > 0 ? uncomp_truncated_entropy(first, n_rows, n_embd, head_dim, k_trunc) : 0.0f;
+        }));
+    }
+    for (size_t h = 0; h < head_entropy.size(); ++h) {
+        out[h] = head_entropy[h].get();
     }
     return n_head_kv;
 }

@@ -1,6 +1,7 @@
 // KV-cache statistics: what each layer and KV head of a context's memory holds, in tokens and bytes.
 #include "uncomp.h"
 #include "uncomp-impl.h"
+#include "uncomp-layout.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
@@ -57,6 +58,21 @@ uint32_t cells_of_seq(const llama_kv_cache * cache, llama_seq_id seq_id) {
     return (uint32_t) cache->get_cells(seq_id).seq_pos_get(seq_id).size();
 }
 
+// Tokens each KV head of layer il holds for seq_id: its cells from the head's first cell on
+std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id seq_id, int32_t il, int32_t n_head_kv) {
+    const std::vector<uint32_t> start = uncomp_layout_get(cache, il);
+    std::vector<uint32_t> rows(n_head_kv, 0);
+    if (seq_id < 0 || seq_id >= (llama_seq_id) cache->get_n_seq_max()) {
+        return rows;
+    }
+    for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) {
+        for (int32_t h = 0; h < n_head_kv; ++h) {
+            rows[h] += start.empty() || pc.second >= start[h] ? 1 : 0;
+        }
+    }
+    return rows;
+}
+
 } // namespace
 
 int32_t llama_uncomp_layer_stats(
@@ -80,13 +96,18 @@ int32_t llama_uncomp_layer_stats(
             ggml_row_size(l.cache->type_k(), hparams.n_embd_k_gqa(l.il)) +
             ggml_row_size(l.cache->type_v(), hparams.n_embd_v_gqa(l.il));
         const uint32_t n_cells = cells_of_seq(l.cache, seq_id);
+        const int32_t n_head_kv = (int32_t) hparams.n_head_kv(l.il);
+        uint64_t head_rows = 0; // rows held summed over heads: heads may keep different counts
+        for (uint32_t r : rows_per_head(l.cache, seq_id, (int32_t) l.il, n_head_kv)) {
+            head_rows += r;
+        }
 
         auto & s = out[i];
         s.il              = (int32_t) l.il;
         s.n_head_kv       = (int32_t) hparams.n_head_kv(l.il);
         s.is_swa          = l.is_swa ? 1 : 0;
         s.n_cells         = (int32_t) n_cells;
-        s.bytes_held      = per_token * n_cells;
+        s.bytes_held      = per_token * head_rows / n_head_kv;
         s.bytes_alloc     = ggml_nbytes(k) + ggml_nbytes(v);
         s.bytes_per_token = per_token;
         s.n_embd_k_gqa    = (int32_t) hparams.n_embd_k_gqa(l.il);
@@ -105,10 +126,9 @@ int32_t llama_uncomp_tokens_kept(
         return -1;
     }
     const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(il);
-    // every head of a layer holds the same cells: the engine compacts each head into the same count
-    const int32_t n_cells = (int32_t) cells_of_seq(cache, seq_id);
+    const std::vector<uint32_t> rows = rows_per_head(cache, seq_id, il, n_head_kv);
     for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
-        out[h] = n_cells;
+        out[h] = (int32_t) rows[h];
     }
     return n_head_kv;
 }

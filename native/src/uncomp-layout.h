@@ -1,0 +1,42 @@
+// The compressed cache's layout: after compression, the KV heads of a layer may keep different
+// numbers of prompt tokens. Every head's kept rows end at the same cell (the last kept cell, so new
+// tokens follow all heads alike); a head that keeps fewer starts later. Head h of layer il is valid
+// in the cells [head_start[h], ...) of the sequence and attention for it reads only those rows.
+//
+// This header is also included by llama.cpp's llama-graph.cpp (patch 0003): keep it free of
+// llama.cpp internals.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+struct ggml_tensor;
+struct llm_graph_context;
+class llama_kv_cache;
+
+// uncomp hook, called first by llm_graph_context::build_attn_mha with its arguments (k, v: views of
+// one layer's cache, [head_dim, n_head_kv, n_kv, 1]; q: [head_dim, n_head, n_tokens]). When the layer's
+// heads start at different cells it builds attention once per run of heads that start at the same
+// cell, over rows [start, n_kv) only, and returns the heads' outputs side by side
+// ([head_dim_v * n_head, n_tokens]); nullptr lets llama.cpp build its usual attention.
+ggml_tensor * uncomp_build_attn_heads(
+        const llm_graph_context & gctx,
+        ggml_tensor * q,
+        ggml_tensor * k,
+        ggml_tensor * v,
+        ggml_tensor * kq_b,
+        ggml_tensor * kq_mask,
+        ggml_tensor * sinks,
+        ggml_tensor * v_mla,
+        int64_t       n_kv_max,
+        float         kq_scale,
+        int           il);
+
+// Records where each KV head of layer il starts (one cell index per head); all zero forgets the layer.
+void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, const std::vector<uint32_t> & head_start);
+
+// The first cell valid for each KV head of layer il; empty when the layer has no layout (all start at 0).
+std::vector<uint32_t> uncomp_layout_get(const llama_kv_cache * cache, int32_t il);
+
+// Forgets the layout of every layer of a cache (its cells were cleared or re-evaluated).
+void uncomp_layout_clear(const llama_kv_cache * cache);
