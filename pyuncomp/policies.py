@@ -140,7 +140,7 @@ def make_policy(method: str, n_head_groups: int = 2) -> Policy:
 
 
 def fit_budgets(weights: Sequence[np.ndarray], mean: float, low: int, high: int) -> List[np.ndarray]:
-    """Integer budgets proportional to ``weights`` with the given mean, each in [low, high].
+    """Integer budgets proportional to ``weights`` with the given mean (rounded), each in [low, high].
 
     The scale is found by bisection so that the clipped budgets sum to mean x heads (when that is
     reachable); rounding hands the remainder to the largest fractional parts.
@@ -149,7 +149,8 @@ def fit_budgets(weights: Sequence[np.ndarray], mean: float, low: int, high: int)
     if np.any(flat <= 0) or not np.all(np.isfinite(flat)):
         raise ValueError("weights: must be positive and finite")
     low = min(low, high)
-    total = float(np.clip(mean, low, high)) * len(flat)
+    # a whole number of tokens per head on average, so that equal weights give equal budgets
+    total = round(float(np.clip(mean, low, high))) * len(flat)
     lo_scale, hi_scale = 0.0, high / flat.min()
     for _ in range(100):
         scale = 0.5 * (lo_scale + hi_scale)

@@ -63,12 +63,6 @@ def test_non_gguf_file(tmp_path):
         pyuncomp.Llama(str(bad))
 
 
-@pytest.mark.parametrize("method", ["uncomp", "pyramidkv"])
-def test_methods_not_in_the_engine_yet_are_refused_not_ignored(smollm2_path, method):
-    with pytest.raises(NotImplementedError, match="per-layer budgets"):
-        pyuncomp.Llama(smollm2_path, ratio=0.05, method=method, verbose=False)
-
-
 def test_unknown_builtin_model_names_the_choices():
     with pytest.raises(FileNotFoundError, match="smollm2-135m"):
         pyuncomp.resolve_model("no-such-model")
