@@ -424,15 +424,20 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     return (int32_t) n_kept;
 }
 
+// 0 when st is an attached state whose method evicts, else the error the compress calls return
+int32_t check_compresses(const uncomp_state * st) {
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    return st->params.method == LLAMA_UNCOMP_METHOD_FULL ? LLAMA_UNCOMP_ERR_METHOD : 0;
+}
+
 } // namespace
 
 int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     uncomp_state * st = state_of(ctx);
-    if (st == nullptr) {
-        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
-    }
-    if (st->params.method == LLAMA_UNCOMP_METHOD_FULL) {
-        return LLAMA_UNCOMP_ERR_METHOD;
+    if (const int32_t err = check_compresses(st)) {
+        return err;
     }
     // one budget for every layer and head: the average asked for
     llama_kv_cache * kv = compressible_cache(ctx);
@@ -450,11 +455,8 @@ int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
 
 int32_t llama_uncomp_compress_budgets(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * budgets, int64_t n_budgets) {
     uncomp_state * st = state_of(ctx);
-    if (st == nullptr) {
-        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
-    }
-    if (st->params.method == LLAMA_UNCOMP_METHOD_FULL) {
-        return LLAMA_UNCOMP_ERR_METHOD;
+    if (const int32_t err = check_compresses(st)) {
+        return err;
     }
     // budgets cover every cache layer (as llama_uncomp_layer_stats lists them), n_head_kv each;
     // those of sliding-window layers are not used
