@@ -5,8 +5,10 @@
 #include "llama-kv-cache.h"
 
 #include "ggml.h"
+#include "ggml-backend.h"
 
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <unordered_map>
 
@@ -16,7 +18,7 @@ namespace {
 std::mutex g_layout_mutex;
 std::unordered_map<const ggml_tensor *, std::vector<uint32_t>> g_head_start;
 
-// set while the hook builds its per-head attentions, which call build_attn_mha again
+// set while the hook builds its attention, which calls build_attn_mha again
 thread_local bool t_in_hook = false;
 
 std::vector<uint32_t> head_start_of(const ggml_tensor * storage) {
@@ -25,16 +27,43 @@ std::vector<uint32_t> head_start_of(const ggml_tensor * storage) {
     return it == g_head_start.end() ? std::vector<uint32_t>() : it->second;
 }
 
-// view of rows [s, ne[axis]) and heads [h0, h1) of a cache view; axis is the cell axis (1 or 2 after
-// no permutation: 2 for K and V, 0 for a transposed V)
-ggml_tensor * view_heads(ggml_context * ctx, ggml_tensor * t, int head_axis, int cell_axis,
-                         int64_t h0, int64_t h1, int64_t s) {
-    int64_t ne[4] = { t->ne[0], t->ne[1], t->ne[2], t->ne[3] };
-    ne[head_axis] = h1 - h0;
-    ne[cell_axis] -= s;
-    return ggml_view_4d(ctx, t, ne[0], ne[1], ne[2], ne[3], t->nb[1], t->nb[2], t->nb[3],
-                        h0 * t->nb[head_axis] + s * t->nb[cell_axis]);
-}
+// The per-head part of the attention mask, a graph input: bias[j, 0, h] = -INF where query head h's
+// KV head does not hold row s_first + j, else 0. [n_rows, 1, n_head], the type of the layer's mask.
+class head_mask_input : public llm_graph_input_i {
+public:
+    head_mask_input(const ggml_tensor * storage, std::vector<uint32_t> head_start, uint32_t s_first, int64_t gqa)
+        : storage(storage), head_start(std::move(head_start)), s_first(s_first), gqa(gqa) {}
+
+    void set_input(const llama_ubatch * /*ubatch*/) override {
+        const int64_t n_rows = bias->ne[0];
+        const int64_t n_head = bias->ne[2];
+        std::vector<float> values(n_rows * n_head, 0.0f);
+        for (int64_t h = 0; h < n_head; ++h) {
+            const int64_t n_masked = std::min<int64_t>(head_start[h / gqa] - s_first, n_rows);
+            std::fill_n(values.begin() + h * n_rows, n_masked, -INFINITY);
+        }
+        if (bias->type == GGML_TYPE_F16) {
+            std::vector<ggml_fp16_t> half(values.size());
+            ggml_fp32_to_fp16_row(values.data(), half.data(), (int64_t) values.size());
+            ggml_backend_tensor_set(bias, half.data(), 0, ggml_nbytes(bias));
+        } else {
+            ggml_backend_tensor_set(bias, values.data(), 0, ggml_nbytes(bias));
+        }
+    }
+
+    // a reused graph keeps n_kv (the mask input checks it); the layout must not have changed either
+    bool can_reuse(const llm_graph_params & /*params*/) override {
+        return head_start_of(storage) == head_start;
+    }
+
+    ggml_tensor * bias = nullptr;
+
+private:
+    const ggml_tensor *   storage;
+    std::vector<uint32_t> head_start;
+    uint32_t              s_first;
+    int64_t               gqa;
+};
 
 } // namespace
 
@@ -53,49 +82,43 @@ ggml_tensor * uncomp_build_attn_heads(
     if (t_in_hook || k->view_src == nullptr) {
         return nullptr;
     }
-    const std::vector<uint32_t> start = head_start_of(k->view_src);
+    std::vector<uint32_t> start = head_start_of(k->view_src);
     if (start.empty()) {
         return nullptr;
     }
-    // the engine records layouts only for what this split handles: one stream, no per-head bias or
-    // ALiBi slopes (a head subset would get the wrong slopes), no MLA
+    // the engine records layouts only for what this handles: one stream, no per-head bias or ALiBi, no MLA
     GGML_ASSERT(k->ne[3] == 1 && kq_b == nullptr && v_mla == nullptr && gctx.hparams.f_max_alibi_bias == 0.0f);
-    GGML_ASSERT(kq_mask != nullptr && kq_mask->ne[2] == 1 && (int64_t) start.size() == k->ne[1]);
+    GGML_ASSERT(kq_mask != nullptr && kq_mask->ne[2] == 1 && kq_mask->ne[3] == 1 && (int64_t) start.size() == k->ne[1]);
 
     ggml_context * ctx = gctx.ctx0;
-    const int64_t n_head_kv = k->ne[1];
-    const int64_t n_kv      = k->ne[2];
-    const int64_t gqa       = q->ne[1] / n_head_kv;
-    const bool    v_trans   = v->nb[1] > v->nb[2]; // [n_kv, n_head_kv, head_dim_v] instead of [head_dim_v, n_head_kv, n_kv]
+    const int64_t n_head   = q->ne[1];
+    const int64_t n_tokens = kq_mask->ne[1];
+    const int64_t n_kv     = k->ne[2];
+    const bool    v_trans  = v->nb[1] > v->nb[2]; // [n_kv, n_head_kv, head_dim_v] instead of [head_dim_v, n_head_kv, n_kv]
+    // the ubatch's own cells follow every head's start, so s_first < n_kv; the clamp only guards
+    const int64_t s_first  = std::min<int64_t>(*std::min_element(start.begin(), start.end()), n_kv - 1);
+    const int64_t n_rows   = n_kv - s_first;
+
+    // rows [s_first, n_kv) of every head: k, v [head_dim, n_head_kv, n_rows] (v transposed: [n_rows, n_head_kv, head_dim_v])
+    ggml_tensor * k_rows = ggml_view_3d(ctx, k, k->ne[0], k->ne[1], n_rows, k->nb[1], k->nb[2], s_first * k->nb[2]);
+    ggml_tensor * v_rows = v_trans
+        ? ggml_view_3d(ctx, v, n_rows, v->ne[1], v->ne[2], v->nb[1], v->nb[2], s_first * v->nb[0])
+        : ggml_view_3d(ctx, v, v->ne[0], v->ne[1], n_rows, v->nb[1], v->nb[2], s_first * v->nb[2]);
+
+    // mask [n_rows, n_tokens, n_head] = the layer's mask (rows [s_first, n_kv)) + the per-head bias;
+    // the kernels skip -INF rows, so a head's work is its own rows
+    auto * input = new head_mask_input(k->view_src, start, (uint32_t) s_first, n_head / k->ne[1]);
+    gctx.res->add_input(llm_graph_input_ptr(input));
+    input->bias = ggml_new_tensor_3d(ctx, kq_mask->type, n_rows, 1, n_head);
+    ggml_set_input(input->bias);
+    ggml_tensor * mask_rows = ggml_view_2d(ctx, kq_mask, n_rows, n_tokens, kq_mask->nb[1], s_first * kq_mask->nb[0]);
+    ggml_tensor * bias      = n_tokens == 1 ? input->bias : ggml_repeat_4d(ctx, input->bias, n_rows, n_tokens, n_head, 1);
+    ggml_tensor * mask_head = ggml_add(ctx, bias, mask_rows);
 
     t_in_hook = true;
-    ggml_tensor * out = nullptr;
-    for (int64_t h0 = 0; h0 < n_head_kv;) {
-        int64_t h1 = h0 + 1;
-        while (h1 < n_head_kv && start[h1] == start[h0]) {
-            ++h1;
-        }
-        // the ubatch's own cells follow every head's start, so s < n_kv; the clamp only guards
-        const int64_t s = std::min<int64_t>(start[h0], n_kv - 1);
-
-        // q_g: [head_dim, (h1 - h0) * gqa, n_tokens]; k_g, v_g: rows [s, n_kv) of heads [h0, h1)
-        ggml_tensor * q_g = ggml_view_4d(ctx, q, q->ne[0], (h1 - h0) * gqa, q->ne[2], q->ne[3],
-                                         q->nb[1], q->nb[2], q->nb[3], h0 * gqa * q->nb[1]);
-        ggml_tensor * k_g = view_heads(ctx, k, 1, 2, h0, h1, s);
-        ggml_tensor * v_g = v_trans ? view_heads(ctx, v, 1, 0, h0, h1, s) : view_heads(ctx, v, 1, 2, h0, h1, s);
-        // mask: [n_kv - s, n_tokens_pad, 1, 1], made contiguous as the kernels require
-        ggml_tensor * mask_g = ggml_cont(ctx, ggml_view_4d(ctx, kq_mask, n_kv - s, kq_mask->ne[1], kq_mask->ne[2], kq_mask->ne[3],
-                                                           kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], s * kq_mask->nb[0]));
-        ggml_tensor * sinks_g = sinks ? ggml_view_1d(ctx, sinks, (h1 - h0) * gqa, h0 * gqa * sinks->nb[0]) : nullptr;
-
-        // [head_dim_v * (h1 - h0) * gqa, n_tokens] -> [head_dim_v, (h1 - h0) * gqa, n_tokens]
-        ggml_tensor * cur = gctx.build_attn_mha(q_g, k_g, v_g, nullptr, mask_g, sinks_g, nullptr, n_kv_max, kq_scale, il);
-        cur = ggml_reshape_3d(ctx, cur, cur->ne[0] / ((h1 - h0) * gqa), (h1 - h0) * gqa, cur->ne[1]);
-        out = out == nullptr ? cur : ggml_concat(ctx, out, cur, 1);
-        h0 = h1;
-    }
+    ggml_tensor * out = gctx.build_attn_mha(q, k_rows, v_rows, nullptr, mask_head, sinks, nullptr, n_kv_max, kq_scale, il);
     t_in_hook = false;
-    return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2]);
+    return out;
 }
 
 void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, const std::vector<uint32_t> & head_start) {

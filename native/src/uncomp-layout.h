@@ -16,9 +16,9 @@ class llama_kv_cache;
 
 // uncomp hook, called first by llm_graph_context::build_attn_mha with its arguments (k, v: views of
 // one layer's cache, [head_dim, n_head_kv, n_kv, 1]; q: [head_dim, n_head, n_tokens]). When the layer's
-// heads start at different cells it builds attention once per run of heads that start at the same
-// cell, over rows [start, n_kv) only, and returns the heads' outputs side by side
-// ([head_dim_v * n_head, n_tokens]); nullptr lets llama.cpp build its usual attention.
+// heads start at different cells it builds llama.cpp's attention once over rows [first start, n_kv)
+// with a per-head mask (-INF below each head's start) and returns its output ([head_dim_v * n_head,
+// n_tokens]); nullptr lets llama.cpp build its usual attention.
 ggml_tensor * uncomp_build_attn_heads(
         const llm_graph_context & gctx,
         ggml_tensor * q,
