@@ -1,0 +1,221 @@
+// The compression engine end to end on a real model, built with libllama under AddressSanitizer and
+// UBSan: observe a prompt, compress it with different budgets per layer and KV head, check what each
+// head holds, decode over the per-head layout, save and restore the compressed state, and feed the C
+// API bad arguments. Runs for the f16 cache (flash attention off and on) and q8_0 / q4_0 caches.
+//
+//     test-uncomp-engine model.gguf
+#include "llama.h"
+#include "uncomp.h"
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+static int n_fail = 0;
+
+#define EXPECT(cond) do { if (!(cond)) { std::fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, #cond); ++n_fail; } } while (0)
+
+namespace {
+
+struct cache_config {
+    const char *         name;
+    enum ggml_type       type;
+    llama_flash_attn_type flash_attn;
+};
+
+// n tokens of a repeated text (a BOS first when bos)
+std::vector<llama_token> prompt_tokens(const llama_vocab * vocab, int n, bool bos) {
+    const std::string text = "The grass is green. The sky is blue. The pass key is 71832. Remember it. ";
+    std::string all;
+    while ((int) all.size() < n * 4) {
+        all += text;
+    }
+    std::vector<llama_token> toks(all.size() + 8);
+    const int n_tok = llama_tokenize(vocab, all.c_str(), (int32_t) all.size(), toks.data(), (int32_t) toks.size(), bos, false);
+    EXPECT(n_tok >= n);
+    toks.resize(n);
+    return toks;
+}
+
+// evaluates toks at positions [pos0, ...) of seq 0 in batches, logits of the last one; false on error
+bool eval(llama_context * ctx, const std::vector<llama_token> & toks, llama_pos pos0) {
+    const int n_batch = 128;
+    llama_batch batch = llama_batch_init(n_batch, 0, 1);
+    bool ok = true;
+    for (size_t i0 = 0; i0 < toks.size() && ok; i0 += n_batch) {
+        batch.n_tokens = 0;
+        for (size_t i = i0; i < toks.size() && i < i0 + n_batch; ++i) {
+            const int j = batch.n_tokens++;
+            batch.token[j] = toks[i];
+            batch.pos[j] = pos0 + (llama_pos) i;
+            batch.n_seq_id[j] = 1;
+            batch.seq_id[j][0] = 0;
+            batch.logits[j] = i + 1 == toks.size();
+        }
+        ok = llama_decode(ctx, batch) == 0;
+    }
+    llama_batch_free(batch);
+    return ok;
+}
+
+// greedy continuation of n tokens from position pos; the logits must stay finite
+std::vector<llama_token> greedy(llama_context * ctx, const llama_vocab * vocab, llama_pos pos, int n) {
+    std::vector<llama_token> out;
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+    for (int i = 0; i < n; ++i) {
+        const float * logits = llama_get_logits_ith(ctx, -1);
+        llama_token best = 0;
+        for (int t = 0; t < n_vocab; ++t) {
+            EXPECT(std::isfinite(logits[t]));
+            if (logits[t] > logits[best]) {
+                best = t;
+            }
+        }
+        out.push_back(best);
+        if (!eval(ctx, { best }, pos + i)) {
+            EXPECT(false);
+            break;
+        }
+    }
+    return out;
+}
+
+void run(llama_model * model, const cache_config & cfg) {
+    std::printf("cache %s\n", cfg.name);
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 1024;
+    cp.n_batch = 128;
+    cp.n_ubatch = 128;
+    cp.n_threads = cp.n_threads_batch = 2;
+    cp.type_k = cp.type_v = cfg.type;
+    cp.flash_attn_type = cfg.flash_attn;
+    llama_context * ctx = llama_init_from_model(model, cp);
+    EXPECT(ctx != nullptr);
+    if (!ctx) {
+        return;
+    }
+
+    llama_uncomp_params up = llama_uncomp_default_params();
+    up.method = LLAMA_UNCOMP_METHOD_SNAPKV;
+    up.window = 8;
+    EXPECT(llama_uncomp_compress(ctx, 0) == LLAMA_UNCOMP_ERR_NOT_ATTACHED);
+    EXPECT(llama_uncomp_attach(ctx, &up) == 0);
+
+    const std::vector<llama_token> prompt = prompt_tokens(vocab, 600, true);
+    const llama_pos n_prompt = (llama_pos) prompt.size();
+    EXPECT(llama_uncomp_observe(ctx, true) == 0);
+    EXPECT(eval(ctx, prompt, 0));
+    EXPECT(llama_uncomp_observe(ctx, false) == 0);
+
+    // budgets: layer il, head h keeps 24 + 7 * ((il + 2 * h) % 9) tokens (24 .. 80), all different
+    const int32_t n_layers = llama_uncomp_layer_stats(ctx, 0, nullptr, 0);
+    EXPECT(n_layers > 0);
+    std::vector<struct llama_uncomp_layer_stats> ls(n_layers);
+    llama_uncomp_layer_stats(ctx, 0, ls.data(), n_layers);
+    std::vector<int32_t> budgets;
+    int32_t b_max = 0;
+    for (const auto & l : ls) {
+        for (int h = 0; h < l.n_head_kv; ++h) {
+            budgets.push_back(24 + 7 * ((l.il + 2 * h) % 9));
+            b_max = budgets.back() > b_max ? budgets.back() : b_max;
+        }
+    }
+
+    // bad arguments: a clear error code, the cache untouched
+    EXPECT(llama_uncomp_compress_budgets(ctx, 0, budgets.data(), (int64_t) budgets.size() - 1) == LLAMA_UNCOMP_ERR_PARAMS);
+    EXPECT(llama_uncomp_compress_budgets(ctx, 0, nullptr, (int64_t) budgets.size()) == LLAMA_UNCOMP_ERR_PARAMS);
+    EXPECT(llama_uncomp_compress_budgets(ctx, -1, budgets.data(), (int64_t) budgets.size()) < 0);
+    EXPECT(llama_uncomp_compress_budgets(ctx, 1 << 20, budgets.data(), (int64_t) budgets.size()) < 0);
+    std::vector<int32_t> zero(budgets.size(), 0);
+    EXPECT(llama_uncomp_compress_budgets(ctx, 0, zero.data(), (int64_t) zero.size()) == LLAMA_UNCOMP_ERR_PARAMS);
+    EXPECT(llama_uncomp_tokens_kept(ctx, 0, -1, nullptr, 0) == -1);
+    EXPECT(llama_uncomp_head_start(ctx, n_layers + 100, nullptr, 0) < 0);
+    std::vector<int32_t> kept(64);
+    EXPECT(llama_uncomp_tokens_kept(ctx, 0, ls[0].il, kept.data(), (int32_t) kept.size()) == ls[0].n_head_kv);
+    EXPECT(kept[0] == n_prompt);
+
+    EXPECT(llama_uncomp_compress_budgets(ctx, 0, budgets.data(), (int64_t) budgets.size()) == b_max);
+
+    // each head holds its budget; bytes held are the rows held
+    size_t i_budget = 0;
+    llama_uncomp_layer_stats(ctx, 0, ls.data(), n_layers);
+    for (const auto & l : ls) {
+        EXPECT(llama_uncomp_tokens_kept(ctx, 0, l.il, kept.data(), (int32_t) kept.size()) == l.n_head_kv);
+        uint64_t rows = 0;
+        for (int h = 0; h < l.n_head_kv; ++h) {
+            EXPECT(kept[h] == budgets[i_budget + h]);
+            rows += kept[h];
+        }
+        EXPECT(l.bytes_held == rows * l.bytes_per_token / l.n_head_kv);
+        i_budget += l.n_head_kv;
+    }
+
+    // decode over the layout, then again from a saved and restored state: the same tokens
+    std::vector<uint8_t> state(llama_state_seq_get_size(ctx, 0));
+    EXPECT(llama_state_seq_get_data(ctx, state.data(), state.size(), 0) == state.size());
+    std::vector<std::vector<uint32_t>> start(n_layers, std::vector<uint32_t>(64));
+    for (int i = 0; i < n_layers; ++i) {
+        EXPECT(llama_uncomp_head_start(ctx, ls[i].il, start[i].data(), 64) == ls[i].n_head_kv);
+    }
+    const std::vector<llama_token> first = greedy(ctx, vocab, n_prompt, 12);
+
+    llama_uncomp_forget(ctx);
+    llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
+    EXPECT(llama_state_seq_set_data(ctx, state.data(), state.size(), 0) == state.size());
+    for (int i = 0; i < n_layers; ++i) {
+        EXPECT(llama_uncomp_set_head_start(ctx, ls[i].il, start[i].data(), ls[i].n_head_kv) == ls[i].n_head_kv);
+    }
+    EXPECT(llama_uncomp_set_head_start(ctx, ls[0].il, start[0].data(), ls[0].n_head_kv + 1) < 0);
+    // the restored state has no logits: re-evaluate the last prompt token's successor from the first run
+    EXPECT(eval(ctx, { first[0] }, n_prompt));
+    const std::vector<llama_token> second = greedy(ctx, vocab, n_prompt + 1, 11);
+    EXPECT(std::vector<llama_token>(first.begin() + 1, first.end()) == second);
+
+    // a second compression of the grown sequence (a new turn), uniform budget this time
+    EXPECT(llama_uncomp_observe(ctx, true) == 0);
+    EXPECT(eval(ctx, prompt_tokens(vocab, 100, false), n_prompt + 12));
+    EXPECT(llama_uncomp_observe(ctx, false) == 0);
+    EXPECT(llama_uncomp_compress(ctx, 0) > 0);
+    greedy(ctx, vocab, llama_memory_seq_pos_max(llama_get_memory(ctx), 0) + 1, 4);
+
+    llama_uncomp_detach(ctx);
+    llama_free(ctx);
+}
+
+} // namespace
+
+int main(int argc, char ** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: %s model.gguf\n", argv[0]);
+        return 2;
+    }
+    llama_log_set([](ggml_log_level, const char *, void *) {}, nullptr);
+    llama_backend_init();
+    llama_model_params mp = llama_model_default_params();
+    llama_model * model = llama_model_load_from_file(argv[1], mp);
+    if (!model) {
+        std::fprintf(stderr, "cannot load %s\n", argv[1]);
+        return 2;
+    }
+    const cache_config configs[] = {
+        { "f16",            GGML_TYPE_F16,  LLAMA_FLASH_ATTN_TYPE_DISABLED },
+        { "f16 flash-attn", GGML_TYPE_F16,  LLAMA_FLASH_ATTN_TYPE_ENABLED  },
+        { "q8_0",           GGML_TYPE_Q8_0, LLAMA_FLASH_ATTN_TYPE_ENABLED  },
+        { "q4_0",           GGML_TYPE_Q4_0, LLAMA_FLASH_ATTN_TYPE_ENABLED  },
+    };
+    for (const auto & cfg : configs) {
+        run(model, cfg);
+    }
+    llama_model_free(model);
+    llama_backend_free();
+
+    if (n_fail) {
+        std::fprintf(stderr, "%d check(s) failed\n", n_fail);
+        return 1;
+    }
+    std::printf("test-uncomp-engine: all checks passed\n");
+    return 0;
+}
