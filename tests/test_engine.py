@@ -61,6 +61,23 @@ def test_uncomp_keeps_the_passkey_at_2k_like_the_full_cache_and_snapkv(engines):
     assert uncomp >= full and uncomp >= snap
 
 
+@pytest.mark.parametrize("cache_type", ["q8_0", "q4_0"])
+def test_uncomp_over_a_quantized_cache_keeps_the_passkey_and_its_bytes(smollm2_path, cache_type):
+    import llama_cpp
+    type_id = {"q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}[cache_type]
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="uncomp", ratio=0.05, flash_attn=True,
+                         type_k=type_id, type_v=type_id, seed=0, verbose=False)
+    try:
+        assert passkey_score(llm, depths=(0.3, 0.7)) == 2
+        stats = llm.compression_stats()
+        # a row of one head is 64 values: 2 blocks of 32, 34 bytes each (q8_0) or 18 (q4_0), for K and V
+        block_bytes = {"q8_0": 34, "q4_0": 18}[cache_type]
+        assert stats["kv_bytes"] == sum(map(sum, stats["tokens_kept"])) * 2 * 2 * block_bytes
+        assert stats["kv_bytes"] <= 0.06 * stats["kv_bytes_full"]
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize("method", ["snapkv", "streamingllm", "pyramidkv", "uncomp"])
 def test_cache_really_shrinks_to_the_budget(engines, method):
     llm = engines(method, 0.05)

@@ -73,7 +73,8 @@ LLAMA_API int32_t llama_uncomp_tokens_kept(
 
 // Keys of model layer il held for seq_id, ordered by position and converted to float:
 // out[t*n_embd_k_gqa + j], needing n_max >= tokens * n_embd_k_gqa. out = NULL counts. KV head h holds
-// the last llama_uncomp_tokens_kept rows; its slice of earlier rows is zero.
+// the last llama_uncomp_tokens_kept rows; its slice of earlier rows is zero. Keys of a quantized cache
+// come as llama.cpp stores them, rotated by its Walsh-Hadamard matrix (their entropy is unchanged).
 // Returns the number of tokens, or a negative enum llama_uncomp_error.
 LLAMA_API int32_t llama_uncomp_read_keys(
         const struct llama_context * ctx,

@@ -147,11 +147,54 @@ void compact_storage(ggml_tensor * storage, uint32_t stream, bool transposed, in
     }
 }
 
+// A quantized cache stores keys rotated by an orthonormal Walsh-Hadamard matrix H, block by block of
+// n_rot values (llama.cpp's attn_rot_k; its graph rotates the queries alike, q·k is unchanged). The
+// observed queries are taken before that rotation: scoring them against cached keys needs them rotated
+// too. Returns the window queries of layer il in the cached keys' basis.
+std::vector<std::vector<float>> queries_in_key_basis(const llama_kv_cache * kv, const std::deque<std::vector<float>> & rows) {
+    ggml_init_params ip = { ggml_tensor_overhead(), nullptr, /*no_alloc =*/ true };
+    ggml_context * gctx = ggml_init(ip);
+    const ggml_tensor * rot = kv->build_input_k_rot(gctx);
+    const int64_t n_rot = rot ? rot->ne[0] : 0;
+    ggml_free(gctx);
+    if (n_rot == 0) {
+        return { rows.begin(), rows.end() };
+    }
+    // Sylvester's construction scaled to 1/sqrt(n): the matrix llama.cpp builds (symmetric, H·H = I)
+    std::vector<float> hm(n_rot * n_rot);
+    hm[0] = 1.0f / std::sqrt((float) n_rot);
+    for (int64_t s = 1; s < n_rot; s *= 2) {
+        for (int64_t i = 0; i < s; ++i) {
+            for (int64_t j = 0; j < s; ++j) {
+                const float x = hm[i * n_rot + j];
+                hm[(i + s) * n_rot + j] = x;
+                hm[i * n_rot + j + s] = x;
+                hm[(i + s) * n_rot + j + s] = -x;
+            }
+        }
+    }
+    std::vector<std::vector<float>> out(rows.size());
+    for (size_t t = 0; t < rows.size(); ++t) {
+        out[t].assign(rows[t].size(), 0.0f);
+        for (size_t b = 0; b + n_rot <= rows[t].size(); b += n_rot) {
+            for (int64_t i = 0; i < n_rot; ++i) {
+                float acc = 0.0f;
+                for (int64_t j = 0; j < n_rot; ++j) {
+                    acc += hm[i * n_rot + j] * rows[t][b + j];
+                }
+                out[t][b + i] = acc;
+            }
+        }
+    }
+    return out;
+}
+
 // SnapKV scores of the n tokens KV head kh of layer il holds (token i: row idx[i] of k, [*, n_embd_k_gqa],
 // at position pos[idx[i]]): softmax attention of the window queries (causal, as the model computed it),
 // summed over the window and the query heads that share the KV head, then average-pooled over the
 // prefix before the window.
-std::vector<float> window_scores(const uncomp_state & st, const llama_hparams & hp, uint32_t il, int64_t kh,
+std::vector<float> window_scores(const std::vector<std::vector<float>> & rows, int32_t pool_kernel,
+                                 const llama_hparams & hp, uint32_t il, int64_t kh,
                                  const std::vector<float> & k, const std::vector<llama_pos> & pos,
                                  const std::vector<uint32_t> & idx) {
     const int64_t n         = (int64_t) idx.size();
@@ -160,7 +203,6 @@ std::vector<float> window_scores(const uncomp_state & st, const llama_hparams & 
     const int64_t gqa       = hp.n_head(il) / hp.n_head_kv(il);
     const float   scale     = hp.f_attention_scale == 0.0f ? 1.0f / std::sqrt((float) head_dim) : hp.f_attention_scale;
 
-    const auto & rows = st.window_q[il];
     const int64_t w = (int64_t) rows.size();
     std::vector<float> score(n, 0.0f);
     std::vector<float> logit(n);
@@ -190,7 +232,7 @@ std::vector<float> window_scores(const uncomp_state & st, const llama_hparams & 
         }
     }
     // average pooling, kernel k, zero padding k/2, stride 1 (over the prefix before the window)
-    const int64_t half = st.params.pool_kernel / 2;
+    const int64_t half = pool_kernel / 2;
     const int64_t n_prefix = n - w;
     std::vector<float> pooled(n_prefix);
     for (int64_t j = 0; j < n_prefix; ++j) {
@@ -199,7 +241,7 @@ std::vector<float> window_scores(const uncomp_state & st, const llama_hparams & 
             const int64_t x = j + o;
             if (x >= 0 && x < n_prefix) acc += score[x];
         }
-        pooled[j] = acc / (float) st.params.pool_kernel;
+        pooled[j] = acc / (float) pool_kernel;
     }
     return pooled;
 }
@@ -360,6 +402,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         const int64_t n_head_kv = hp.n_head_kv(il);
         const std::vector<uint32_t> start = uncomp_layout_get(kv, (int32_t) il);
         std::vector<float> k; // the layer's keys as floats, read once when a head needs scoring
+        std::vector<std::vector<float>> window_q; // the window queries in the keys' basis, with k
         kept[li].resize(n_head_kv);
         for (int64_t h = 0; h < n_head_kv; ++h) {
             std::vector<uint32_t> held;
@@ -385,8 +428,9 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
                 }
                 if (k.empty()) {
                     k = rows_to_float(kv->get_k_storage(il), stream, cells, hp.n_embd_k_gqa(il));
+                    window_q = queries_in_key_basis(kv, st.window_q[il]);
                 }
-                const auto score = window_scores(st, hp, il, h, k, pos, held);
+                const auto score = window_scores(window_q, p.pool_kernel, hp, il, h, k, pos, held);
                 for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(held[i]);
             }
             evicts = evicts || b < n_h;
