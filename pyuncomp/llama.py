@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from llama_cpp import _internals
 
 from ._native import context_ptr, ffi, lib, llama_cpp
 from .config import CompressionConfig
@@ -45,6 +48,10 @@ class Llama(llama_cpp.Llama):
     ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]. Default 1.0.
     method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
     budget, window, pool_kernel, n_sink, n_head_groups: see ``CompressionConfig``.
+    shrink_cache: after a compression, rebuild the llama context with only the cells the kept tokens
+    need plus ``n_batch`` free ones, so that the full-size cache allocation is released (at the next
+    evaluation, e.g. the first generated token: the context holds the logits sampled before it); the
+    context grows back (up to ``n_ctx``) when an evaluation needs more cells. Default True.
     """
 
     def __init__(
@@ -58,8 +65,11 @@ class Llama(llama_cpp.Llama):
         pool_kernel: int = 5,
         n_sink: int = 0,
         n_head_groups: int = 2,
+        shrink_cache: bool = True,
         **kwargs,
     ):
+        if not isinstance(shrink_cache, bool):
+            raise ValueError(f"shrink_cache: must be True or False, got {shrink_cache!r}")
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
@@ -68,6 +78,10 @@ class Llama(llama_cpp.Llama):
         self._attached = False
         self._compressed_upto = 0  # positions evaluated when the cache was last compressed
         self._entropy = None  # per compressible layer, each KV head's key entropy at the last compression
+        # rebuilding the context would drop LoRA adapters applied to it at construction
+        self._shrink_cache = shrink_cache and not kwargs.get("lora_path")
+        self._cells_used = 0  # an upper bound of the cells the cache holds (exact after a rebuild)
+        self._shrink_pending = False
         if self.compression.compresses:
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
             if err == lib.LLAMA_UNCOMP_ERR_MEMORY:
@@ -93,6 +107,10 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = 0
             self._compressed_upto = 0
             lib.llama_uncomp_forget(self._ctx_ptr())
+        if self._shrink_pending:
+            self._shrink_pending = False
+            self._resize_context(self._cells_held() + max(len(tokens), self.n_batch))
+        self._ensure_cells(len(tokens))
         if len(tokens) <= 1:
             return super().eval(tokens)
         ctx = self._ctx_ptr()
@@ -103,6 +121,52 @@ class Llama(llama_cpp.Llama):
             lib.llama_uncomp_observe(ctx, False)
         self._compress(0)
         self._compressed_upto = self.n_tokens
+        # the shrink waits for the next evaluation: the context holds the logits to sample from,
+        # which a rebuilt context would not have
+        self._shrink_pending = self._shrink_cache
+
+    def n_ctx(self) -> int:
+        """The context size asked for (the cache may allocate fewer cells while compressed)."""
+        return getattr(self, "_n_ctx", None) or self._ctx.n_ctx()
+
+    def _cells_held(self) -> int:
+        """The cells the cache holds now: the most any cache layer holds for sequence 0."""
+        return max(s["n_cells"] for s in self._layer_stats(0))
+
+    def _ensure_cells(self, n_new: int) -> None:
+        """Before evaluating n_new tokens: grows a shrunk context so that they fit (up to n_ctx)."""
+        self._cells_used += n_new
+        if self._cells_used <= self._ctx.n_ctx():
+            return
+        self._cells_used = self._cells_held() + n_new  # exact: a rewind may have freed cells
+        if self._cells_used > self._ctx.n_ctx():
+            # geometric growth: a long generation rebuilds the context a logarithmic number of times
+            self._resize_context(max(self._cells_used + self.n_batch, self._ctx.n_ctx() * 3 // 2))
+
+    def _resize_context(self, n_cells: int) -> None:
+        """Rebuilds the llama context with n_cells cells (rounded up to 256, at most n_ctx) and moves
+        the whole state into it: the cache's cells (which sit in the first cells, compacted), the
+        per-head layout and the last logits."""
+        n_cells = min(self._n_ctx, -(-n_cells // 256) * 256)
+        if n_cells == self._ctx.n_ctx():
+            return
+        old = self._ctx.ctx
+        size = llama_cpp.llama_state_get_size(old)
+        state = (ctypes.c_uint8 * size)()
+        size = llama_cpp.llama_state_get_data(old, state, size)
+        layout = self._head_starts()
+        lib.llama_uncomp_detach(self._ctx_ptr())
+        self._attached = False
+        self._ctx.close()  # before allocating the new one: the point is not to hold both
+        params = type(self.context_params).from_buffer_copy(self.context_params)
+        params.n_ctx = n_cells
+        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
+        _check(lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr()))
+        self._attached = True
+        if llama_cpp.llama_state_set_data(self._ctx.ctx, state, size) != size:
+            raise RuntimeError("pyuncomp: could not move the cache into the resized context")
+        self._set_head_starts(layout)
+        self._cells_used = self._cells_held()
 
     def _compress(self, seq_id: int) -> None:
         """Splits the sequence's budget with the policy and lets the engine evict down to it."""
@@ -130,29 +194,40 @@ class Llama(llama_cpp.Llama):
         """Saves the state like the parent, with the compressed cache's per-head layout."""
         state = super().save_state()
         if self._attached:
-            state.uncomp_head_start = {}
-            for s in self._layer_stats(0):
-                start = np.empty(s["n_head_kv"], dtype=np.uint32)
-                _check(lib.llama_uncomp_head_start(self._ctx_ptr(), s["il"], ffi.cast("uint32_t *", start.ctypes.data), start.size))
-                if start.any():
-                    state.uncomp_head_start[s["il"]] = start
+            state.uncomp_head_start = self._head_starts()
         return state
+
+    def _head_starts(self) -> dict:
+        """The per-head layout: {model layer: the first cell of each KV head} for layers not all at 0."""
+        starts = {}
+        for s in self._layer_stats(0):
+            start = np.empty(s["n_head_kv"], dtype=np.uint32)
+            _check(lib.llama_uncomp_head_start(self._ctx_ptr(), s["il"], ffi.cast("uint32_t *", start.ctypes.data), start.size))
+            if start.any():
+                starts[s["il"]] = start
+        return starts
+
+    def _set_head_starts(self, starts: dict) -> None:
+        for il, start in starts.items():
+            start = np.ascontiguousarray(start, dtype=np.uint32)
+            _check(lib.llama_uncomp_set_head_start(self._ctx_ptr(), il, ffi.cast("uint32_t *", start.ctypes.data), start.size))
 
     def load_state(self, state) -> None:
         """Restores a saved state (compressed or not) like the parent."""
         if self._attached:
             lib.llama_uncomp_forget(self._ctx_ptr())
+            if state.n_tokens > self._ctx.n_ctx():
+                self._resize_context(state.n_tokens)  # room for the saved cells, at most its tokens
         super().load_state(state)
         if self._attached:
-            for il, start in getattr(state, "uncomp_head_start", {}).items():
-                start = np.ascontiguousarray(start, dtype=np.uint32)
-                _check(lib.llama_uncomp_set_head_start(self._ctx_ptr(), il, ffi.cast("uint32_t *", start.ctypes.data), start.size))
+            self._set_head_starts(getattr(state, "uncomp_head_start", {}))
             # a cache whose compressible (non-sliding-window) layers hold fewer cells than evaluated
             # positions was compressed up to there
             stats = self.compression_stats()
             held = min(kept[0] for layer, kept in zip(stats["layers"], stats["tokens_kept"])
                        if layer not in stats["swa_layers"])
             self._compressed_upto = self.n_tokens if held < self.n_tokens else 0
+            self._shrink_pending = self._shrink_cache and self._compressed_upto > 0
 
     def close(self) -> None:
         # a constructor that refused its arguments leaves no native state behind to close
@@ -161,6 +236,8 @@ class Llama(llama_cpp.Llama):
             self._attached = False
         if hasattr(self, "_stack"):
             super().close()
+        if hasattr(self, "_ctx"):
+            self._ctx.close()  # a resized context is not in the parent's exit stack
 
     def _layer_stats(self, seq_id: int) -> list:
         """One dict per cache layer (fields of struct llama_uncomp_layer_stats), by model layer."""

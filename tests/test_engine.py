@@ -183,3 +183,35 @@ def test_saved_compressed_state_continues_identically(engines, method):
     llm.load_state(state)
     assert llm.compression_stats()["tokens_kept"] == kept
     assert llm(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"] == first
+
+
+def test_shrunk_cache_releases_its_allocation_and_answers_the_same(smollm2_path):
+    """shrink_cache rebuilds the context around the kept cells after compression and grows it back
+    when generation needs more: same greedy text as without it, a fraction of the allocation."""
+    runs = {}
+    for shrink in (False, True):
+        llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="uncomp", ratio=0.05, shrink_cache=shrink,
+                             seed=0, verbose=False)
+        try:
+            # 600 generated tokens outgrow the n_batch (512) cells of room left after the shrink
+            text = llm(passkey_prompt(90, 0.3, "53812"), max_tokens=600, temperature=0.0)["choices"][0]["text"]
+            after_generation = llm.compression_stats()
+            msgs = [{"role": "user", "content": passkey_prompt(60, 0.5, "11223")}]
+            a1 = llm.create_chat_completion(messages=msgs, max_tokens=12, temperature=0.0)
+            msgs += [a1["choices"][0]["message"], {"role": "user", "content": "What is the pass key?"}]
+            a2 = llm.create_chat_completion(messages=msgs, max_tokens=12, temperature=0.0)
+            runs[shrink] = (text, a1["choices"][0]["message"]["content"], a2["choices"][0]["message"]["content"],
+                            after_generation, llm.compression_stats(), llm.n_ctx())
+        finally:
+            llm.close()
+    assert runs[True][:3] == runs[False][:3]
+    assert "53812" in runs[True][0]
+    full_alloc = runs[False][4]["kv_bytes_allocated"]
+    per_cell = full_alloc // N_CTX
+    for stats in (runs[True][3], runs[True][4]):
+        assert stats["kv_bytes_allocated"] < full_alloc / 2
+        assert stats["kv_bytes_allocated"] >= stats["kv_bytes"]
+    # after the chat the context holds the compressed history plus one batch of room, in 256-cell steps
+    kept_cells = max(max(layer) for layer in runs[True][4]["tokens_kept"])
+    assert runs[True][4]["kv_bytes_allocated"] <= (kept_cells + 512 + 256) * per_cell
+    assert runs[True][5] == N_CTX  # n_ctx() stays what was asked for

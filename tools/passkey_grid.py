@@ -21,15 +21,19 @@ def main():
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ap.add_argument("--methods", default="full,snapkv,streamingllm")
     ap.add_argument("--ratio", type=float, default=0.05)
+    ap.add_argument("--pool-kernel", type=int, default=None, help="pooling kernel (default: pyuncomp's)")
+    ap.add_argument("--window", type=int, default=None, help="observation window (default: pyuncomp's)")
     a = ap.parse_args()
+    overrides = {k: v for k, v in (("pool_kernel", a.pool_kernel), ("window", a.window)) if v is not None}
     path = str(pyuncomp.resolve_model(a.model))
-    print(f"model {Path(path).name}, ratio {a.ratio} (full: 1.0)\n")
+    print(f"model {Path(path).name}, ratio {a.ratio} (full: 1.0) {overrides}\n")
     print("| method | tokens | " + " | ".join(f"depth {d}" for d in a.depths) + " | score |")
     print("|---" * (len(a.depths) + 3) + "|")
     for method in a.methods.split(","):
         ratio = 1.0 if method == "full" else a.ratio
         for n_filler in a.fillers:
-            llm = pyuncomp.Llama(path, n_ctx=n_filler * 25 + 512, method=method, ratio=ratio, verbose=False)
+            llm = pyuncomp.Llama(path, n_ctx=n_filler * 25 + 512, method=method, ratio=ratio, verbose=False,
+                                 **(overrides if method != "full" else {}))
             cells, n_tokens = [], 0
             for depth in a.depths:
                 key = str(random.Random(int(depth * 100) + n_filler).randint(10000, 99999))
