@@ -112,7 +112,7 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = 0
             self._compressed_upto = 0
             lib.llama_uncomp_forget(self._ctx_ptr())
-        if self._shrink_pending:
+        if self._shrink_pending and len(tokens) > 0:  # an exact prompt-cache hit samples the old logits
             self._shrink_pending = False
             self._resize_context(self._cells_held() + max(len(tokens), self.n_batch))
         self._ensure_cells(len(tokens))
