@@ -44,7 +44,7 @@ def test_stats_follow_the_cache_through_reset(smollm2):
     ({"ratio": -0.1}, "ratio"), ({"ratio": True}, "ratio"), ({"method": "h2o-ish"}, "method"), ({"method": None}, "method"),
     ({"window": 0}, "window"), ({"window": 2.5}, "window"), ({"pool_kernel": 4}, "pool_kernel"),
     ({"n_sink": -1}, "n_sink"), ({"n_head_groups": 0}, "n_head_groups"), ({"budget": 0}, "budget"),
-    ({"window": 2**40}, "window"),
+    ({"window": 2**40}, "window"), ({"shrink_cache": "yes"}, "shrink_cache"), ({"shrink_cache": 1}, "shrink_cache"),
 ])
 def test_bad_compression_parameters_raise_value_error(smollm2_path, kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
