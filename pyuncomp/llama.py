@@ -140,6 +140,8 @@ class Llama(llama_cpp.Llama):
 
     def _ensure_cells(self, n_new: int) -> None:
         """Before evaluating n_new tokens: grows a shrunk context so that they fit (up to n_ctx)."""
+        if not self._shrink_cache:
+            return  # the context keeps its n_ctx cells
         self._cells_used += n_new
         if self._cells_used <= self._ctx.n_ctx():
             return
@@ -150,8 +152,8 @@ class Llama(llama_cpp.Llama):
 
     def _resize_context(self, n_cells: int) -> None:
         """Rebuilds the llama context with n_cells cells (rounded up to 256, at most n_ctx) and moves
-        the whole state into it: the cache's cells (which sit in the first cells, compacted), the
-        per-head layout and the last logits."""
+        the cache into it: its cells (which sit in the first cells, compacted) and the per-head
+        layout. The last logits do not move (llama.cpp's state has none): evaluate before sampling."""
         n_cells = min(self._n_ctx, -(-n_cells // 256) * 256)
         if n_cells == self._ctx.n_ctx():
             return

@@ -32,9 +32,9 @@ def time_prefill_and_decode(llm, prompt, n_gen):
     return t_prefill, n_gen / t_decode, stats
 
 
-def run(path, method, ratio, depth, n_gen, threads, n_gpu_layers):
+def run(path, method, ratio, depth, n_gen, threads, n_gpu_layers, flash_attn):
     llm = pyuncomp.Llama(path, n_ctx=depth + n_gen + 16, n_batch=512, method=method, ratio=ratio,
-                         n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False)
+                         n_threads=threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=False)
     return time_prefill_and_decode(llm, filler_tokens(llm, depth), n_gen)
 
 
@@ -47,10 +47,11 @@ def main():
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--flash-attn", choices=["on", "off"], default="off")
     a = ap.parse_args()
     path = str(pyuncomp.resolve_model(a.model))
     rows = [("full", 1.0), (a.method, a.ratio)]
-    results = {m: run(path, m, r, a.depth, a.n_gen, a.threads, a.n_gpu_layers) for m, r in rows}
+    results = {m: run(path, m, r, a.depth, a.n_gen, a.threads, a.n_gpu_layers, a.flash_attn == "on") for m, r in rows}
     print(f"| method | ratio | depth | prefill s | decode tok/s | KV bytes held | of full |")
     print(f"|---|---|---|---|---|---|---|")
     for (m, r) in rows:
