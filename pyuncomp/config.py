@@ -29,7 +29,7 @@ class CompressionConfig:
     method: str = "uncomp"
     budget: Optional[int] = None
     window: int = 8
-    pool_kernel: int = 5
+    pool_kernel: int = 7
     n_sink: int = 0
     n_head_groups: int = 2
 

@@ -111,7 +111,7 @@ class Llama(llama_cpp.Llama):
             tokens = list(self._input_ids[: self.n_tokens]) + list(tokens)
             self.n_tokens = 0
             self._compressed_upto = 0
-            lib.llama_uncomp_forget(self._ctx_ptr())
+            lib.llama_uncomp_forget(self._ctx_ptr(), 0)
         if self._shrink_pending and len(tokens) > 0:  # an exact prompt-cache hit samples the old logits
             self._shrink_pending = False
             self._resize_context(self._cells_held() + max(len(tokens), self.n_batch))
@@ -209,7 +209,7 @@ class Llama(llama_cpp.Llama):
         starts = {}
         for s in self._layer_stats(0):
             start = np.empty(s["n_head_kv"], dtype=np.uint32)
-            _check(lib.llama_uncomp_head_start(self._ctx_ptr(), s["il"], ffi.cast("uint32_t *", start.ctypes.data), start.size))
+            _check(lib.llama_uncomp_head_start(self._ctx_ptr(), 0, s["il"], ffi.cast("uint32_t *", start.ctypes.data), start.size))
             if start.any():
                 starts[s["il"]] = start
         return starts
@@ -217,12 +217,12 @@ class Llama(llama_cpp.Llama):
     def _set_head_starts(self, starts: dict) -> None:
         for il, start in starts.items():
             start = np.ascontiguousarray(start, dtype=np.uint32)
-            _check(lib.llama_uncomp_set_head_start(self._ctx_ptr(), il, ffi.cast("uint32_t *", start.ctypes.data), start.size))
+            _check(lib.llama_uncomp_set_head_start(self._ctx_ptr(), 0, il, ffi.cast("uint32_t *", start.ctypes.data), start.size))
 
     def load_state(self, state) -> None:
         """Restores a saved state (compressed or not) like the parent."""
         if self._attached:
-            lib.llama_uncomp_forget(self._ctx_ptr())
+            lib.llama_uncomp_forget(self._ctx_ptr(), 0)
             if state.n_tokens > self._ctx.n_ctx():
                 self._resize_context(state.n_tokens)  # room for the saved cells, at most its tokens
         super().load_state(state)

@@ -35,11 +35,13 @@ def test_native_params_under_asan():
 
 @needs_cmake
 def test_native_engine_under_asan():
-    """Observe, compress with per-head budgets, decode, save/restore, bad arguments: f16 (flash attention
-    off and on), q8_0 and q4_0 caches, with libllama (our engine and llama.cpp) under ASan + UBSan."""
+    """Observe, compress with per-head budgets, decode, save/restore, bad arguments, two sequences of one
+    context compressed independently and decoded in one batch: f16 (flash attention off and on), q8_0
+    and q4_0 caches, with libllama (our engine and llama.cpp) under ASan + UBSan."""
     exe = build("test-uncomp-engine")
     r = subprocess.run([str(exe), str(pyuncomp.resolve_model(None))], capture_output=True, text=True, env=ASAN_ENV)
     assert r.returncode == 0, r.stdout + r.stderr[-8000:]
     assert "all checks passed" in r.stdout
+    configs = ["cache f16", "cache f16 flash-attn", "cache q8_0", "cache q4_0"]
     assert [line for line in r.stdout.splitlines() if line.startswith("cache ")] == [
-        "cache f16", "cache f16 flash-attn", "cache q8_0", "cache q4_0"]
+        line for config in configs for line in (config, config + ", two sequences")]

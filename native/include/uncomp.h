@@ -13,7 +13,7 @@
 extern "C" {
 #endif
 
-#define LLAMA_UNCOMP_API_VERSION 1
+#define LLAMA_UNCOMP_API_VERSION 2
 
 enum llama_uncomp_method {
     LLAMA_UNCOMP_METHOD_FULL         = 0, // no eviction
@@ -100,7 +100,9 @@ LLAMA_API int32_t llama_uncomp_key_entropy(
 // others the window's attention), moved into the sequence's first cells so that later graphs attend
 // over them only. Heads keeping fewer tokens start at a later cell; all end at the same one. Of an
 // iSWA cache (Gemma 3) the full-attention layers are compressed. The sequence must be the only one in
-// its cache stream.
+// its cache stream: several sequences of one context (n_seq_max > 1) are compressed independently when
+// the cache is not unified (kv_unified = false, llama.cpp's default: one stream per sequence). The
+// window queries are those of the last evaluations observed: observe one sequence's prompt at a time.
 //
 
 enum llama_uncomp_error {
@@ -140,14 +142,15 @@ LLAMA_API int32_t llama_uncomp_compress_budgets(
                const int32_t * budgets,
                      int64_t   n_budgets);
 
-// Forgets the per-head layout: call before the compressed sequence's cells are cleared or re-evaluated.
-LLAMA_API void llama_uncomp_forget(struct llama_context * ctx);
+// Forgets the per-head layout of seq_id (of every sequence when seq_id < 0): call before the
+// compressed sequence's cells are cleared or re-evaluated.
+LLAMA_API void llama_uncomp_forget(struct llama_context * ctx, llama_seq_id seq_id);
 
-// The first cell each KV head of model layer il reads (0 for all until a compression gives heads
-// different budgets): out[h], h < n_head_kv. Returns n_head_kv or < 0. set restores a saved layout
-// after a state load (n = n_head_kv).
-LLAMA_API int32_t llama_uncomp_head_start(const struct llama_context * ctx, int32_t il, uint32_t * out, int32_t n_max);
-LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, int32_t il, const uint32_t * start, int32_t n);
+// The first cell each KV head of model layer il reads for seq_id (0 for all until a compression gives
+// heads different budgets): out[h], h < n_head_kv. Returns n_head_kv or < 0. set restores a saved
+// layout after a state load (n = n_head_kv).
+LLAMA_API int32_t llama_uncomp_head_start(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il, uint32_t * out, int32_t n_max);
+LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq_id, int32_t il, const uint32_t * start, int32_t n);
 
 #ifdef __cplusplus
 }

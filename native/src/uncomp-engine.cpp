@@ -308,7 +308,7 @@ int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncom
 
 void llama_uncomp_detach(struct llama_context * ctx) {
     if (state_of(ctx)) {
-        uncomp_layout_clear(compressible_cache(ctx));
+        uncomp_layout_clear(compressible_cache(ctx), -1);
         ctx->set_eval_callback(nullptr, nullptr);
     }
     std::lock_guard<std::mutex> lock(g_states_mutex);
@@ -400,7 +400,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     for (size_t li = 0; li < layer_ids.size(); ++li) {
         const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = hp.n_head_kv(il);
-        const std::vector<uint32_t> start = uncomp_layout_get(kv, (int32_t) il);
+        const std::vector<uint32_t> start = uncomp_layout_get(kv, (int32_t) il, stream);
         std::vector<float> k; // the layer's keys as floats, read once when a head needs scoring
         std::vector<std::vector<float>> window_q; // the window queries in the keys' basis, with k
         kept[li].resize(n_head_kv);
@@ -453,7 +453,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         }
         compact_storage(kv->get_k_storage(il), stream, false, hp.n_embd_head_k(il), n_head_kv, src, n_kept);
         compact_storage(kv->get_v_storage(il), stream, kv->get_v_trans(), hp.n_embd_head_v(il), n_head_kv, src, n_kept);
-        uncomp_layout_set(kv, (int32_t) il, start);
+        uncomp_layout_set(kv, (int32_t) il, stream, start);
     }
 
     // cell metadata: cells [0, n_kept) get the last n_kept positions, so the sequence still ends at
@@ -527,36 +527,61 @@ int32_t llama_uncomp_compress_budgets(struct llama_context * ctx, llama_seq_id s
     return compress_seq(ctx, *st, seq_id, budget);
 }
 
-void llama_uncomp_forget(struct llama_context * ctx) {
-    if (state_of(ctx) != nullptr) {
-        uncomp_layout_clear(compressible_cache(ctx));
+namespace {
+
+// the stream of seq_id in the compressible cache of an attached context, or a negative llama_uncomp_error
+int64_t stream_of(const llama_context * ctx, llama_seq_id seq_id) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    const llama_kv_cache * kv = compressible_cache(const_cast<llama_context *>(ctx));
+    if (seq_id < 0 || seq_id >= (llama_seq_id) kv->get_n_seq_max()) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    return kv->get_stream(seq_id);
+}
+
+} // namespace
+
+void llama_uncomp_forget(struct llama_context * ctx, llama_seq_id seq_id) {
+    if (state_of(ctx) == nullptr) {
+        return;
+    }
+    const int64_t stream = seq_id < 0 ? -1 : stream_of(ctx, seq_id);
+    if (seq_id < 0 || stream >= 0) {
+        uncomp_layout_clear(compressible_cache(ctx), (int32_t) stream);
     }
 }
 
-int32_t llama_uncomp_head_start(const struct llama_context * ctx, int32_t il, uint32_t * out, int32_t n_max) {
+int32_t llama_uncomp_head_start(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il, uint32_t * out, int32_t n_max) {
     const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    const int64_t stream = stream_of(ctx, seq_id);
+    if (stream < 0) {
+        return (int32_t) stream;
+    }
     if (cache == nullptr) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
     const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(il);
-    const std::vector<uint32_t> start = uncomp_layout_get(cache, il);
+    const std::vector<uint32_t> start = uncomp_layout_get(cache, il, (uint32_t) stream);
     for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
         out[h] = start.empty() ? 0 : start[h];
     }
     return n_head_kv;
 }
 
-int32_t llama_uncomp_set_head_start(struct llama_context * ctx, int32_t il, const uint32_t * start, int32_t n) {
+int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq_id, int32_t il, const uint32_t * start, int32_t n) {
     const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
-    uncomp_state * st = state_of(ctx);
-    if (st == nullptr) {
-        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    const int64_t stream = stream_of(ctx, seq_id);
+    if (stream < 0) {
+        return (int32_t) stream;
     }
     if (cache == nullptr || cache != compressible_cache(ctx) || start == nullptr ||
         n != (int32_t) ctx->get_model().hparams.n_head_kv(il)) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
-    uncomp_layout_set(cache, il, std::vector<uint32_t>(start, start + n));
-    rebuild_graphs(ctx, *st);
+    uncomp_layout_set(cache, il, (uint32_t) stream, std::vector<uint32_t>(start, start + n));
+    rebuild_graphs(ctx, *state_of(ctx));
     return n;
 }

@@ -2,6 +2,8 @@
 // numbers of prompt tokens. Every head's kept rows end at the same cell (the last kept cell, so new
 // tokens follow all heads alike); a head that keeps fewer starts later. Head h of layer il is valid
 // in the cells [head_start[h], ...) of the sequence and attention for it reads only those rows.
+// A compressed sequence owns its cache stream (a non-unified cache gives each sequence one), so the
+// layout is kept per layer and stream.
 //
 // This header is also included by llama.cpp's llama-graph.cpp (patch 0003): keep it free of
 // llama.cpp internals.
@@ -15,10 +17,11 @@ struct llm_graph_context;
 class llama_kv_cache;
 
 // uncomp hook, called first by llm_graph_context::build_attn_mha with its arguments (k, v: views of
-// one layer's cache, [head_dim, n_head_kv, n_kv, 1]; q: [head_dim, n_head, n_tokens]). When the layer's
-// heads start at different cells it builds llama.cpp's attention once over rows [first start, n_kv)
-// with a per-head mask (-INF below each head's start) and returns its output ([head_dim_v * n_head,
-// n_tokens]); nullptr lets llama.cpp build its usual attention.
+// one layer's cache over the ubatch's streams, [head_dim, n_head_kv, n_kv, n_stream]; q: [head_dim,
+// n_head, n_tokens]). When the layer's heads start at different cells in one of those streams it builds
+// llama.cpp's attention once over rows [first start, n_kv) with a per-head, per-stream mask (-INF below
+// each head's start) and returns its output ([head_dim_v * n_head, n_tokens]); nullptr lets llama.cpp
+// build its usual attention.
 ggml_tensor * uncomp_build_attn_heads(
         const llm_graph_context & gctx,
         ggml_tensor * q,
@@ -32,11 +35,13 @@ ggml_tensor * uncomp_build_attn_heads(
         float         kq_scale,
         int           il);
 
-// Records where each KV head of layer il starts (one cell index per head); all zero forgets the layer.
-void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, const std::vector<uint32_t> & head_start);
+// Records where each KV head of layer il starts in a stream (one cell index per head); all zero
+// forgets the layer's layout in that stream.
+void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, uint32_t stream, const std::vector<uint32_t> & head_start);
 
-// The first cell valid for each KV head of layer il; empty when the layer has no layout (all start at 0).
-std::vector<uint32_t> uncomp_layout_get(const llama_kv_cache * cache, int32_t il);
+// The first cell valid for each KV head of layer il in a stream; empty when it has no layout (all at 0).
+std::vector<uint32_t> uncomp_layout_get(const llama_kv_cache * cache, int32_t il, uint32_t stream);
 
-// Forgets the layout of every layer of a cache (its cells were cleared or re-evaluated).
-void uncomp_layout_clear(const llama_kv_cache * cache);
+// Forgets the layout of every layer of a cache in one stream (its cells were cleared or re-evaluated),
+// or in all streams when stream < 0.
+void uncomp_layout_clear(const llama_kv_cache * cache, int32_t stream);

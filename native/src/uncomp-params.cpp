@@ -13,7 +13,7 @@ struct llama_uncomp_params llama_uncomp_default_params(void) {
     p.ratio         = 1.0f;
     p.budget        = 0;
     p.window        = 8;  // the reference code's observation window
-    p.pool_kernel   = 5;
+    p.pool_kernel   = 7;
     p.n_sink        = 0;
     p.n_head_groups = 2;
     return p;

@@ -60,11 +60,11 @@ uint32_t cells_of_seq(const llama_kv_cache * cache, llama_seq_id seq_id) {
 
 // Tokens each KV head of layer il holds for seq_id: its cells from the head's first cell on
 std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id seq_id, int32_t il, int32_t n_head_kv) {
-    const std::vector<uint32_t> start = uncomp_layout_get(cache, il);
     std::vector<uint32_t> rows(n_head_kv, 0);
     if (seq_id < 0 || seq_id >= (llama_seq_id) cache->get_n_seq_max()) {
         return rows;
     }
+    const std::vector<uint32_t> start = uncomp_layout_get(cache, il, cache->get_stream(seq_id));
     for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) {
         for (int32_t h = 0; h < n_head_kv; ++h) {
             rows[h] += start.empty() || pc.second >= start[h] ? 1 : 0;
