@@ -1,4 +1,4 @@
-"""The ``pyuncomp`` command: generate and chat on a GGUF model with a compressed KV cache."""
+"""The ``pyuncomp`` command: generate, chat and evaluate on a GGUF model with a compressed KV cache."""
 
 from __future__ import annotations
 
@@ -63,6 +63,30 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+    return parse
+
+
+def cmd_eval(args) -> int:
+    from .eval import TASKS, evaluate  # imported late: loads the native library
+
+    tasks = list(TASKS) if args.tasks == ["all"] else args.tasks
+    result = evaluate(str(models.resolve(args.model)), tasks, args.methods, args.ratios, args.lengths,
+                      depths=args.depths, samples=args.samples, seed=args.seed, out_dir=args.out,
+                      progress=not args.quiet, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+    from .eval.report import markdown_table
+
+    print(markdown_table(result["summary"]))
+    print(f"\n{len(result['records'])} answers in {result['run']['seconds']} s; results, plots: {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyuncomp", description="UNComp KV-cache compression for llama.cpp GGUF models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--seed", type=int, default=0)
     chat.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser("eval", help="accuracy of every method and ratio on synthetic long-context tasks",
+                        description="Tasks: passkey, niah_multikey, niah_multivalue, vt, cwe, qa, chat, or all. "
+                                    "Each prompt is evaluated once and answered under every setting.")
+    ev.add_argument("tasks", nargs="+", help="tasks to run, or all")
+    ev.add_argument("--model", default=None,
+                    help=f"GGUF path or built-in model ({', '.join(models.BUILTIN_MODELS)}); default {models.DEFAULT_MODEL}")
+    ev.add_argument("--methods", type=_csv(str), default=["full", "streamingllm", "snapkv", "pyramidkv", "uncomp"],
+                    help="comma-separated methods (default: all)")
+    ev.add_argument("--ratios", type=_csv(float), default=[0.05, 0.1], help="comma-separated ratios (default 0.05,0.1)")
+    ev.add_argument("--lengths", type=_csv(int), default=[2048], help="comma-separated prompt lengths in tokens (default 2048)")
+    ev.add_argument("--depths", type=_csv(float), default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                    help="needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)")
+    ev.add_argument("--samples", type=int, default=1, help="samples per task, length and depth (default 1)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="pyuncomp-eval", help="directory for results.json, summary.md and plots")
+    ev.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    ev.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

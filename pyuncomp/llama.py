@@ -53,24 +53,31 @@ class Llama(llama_cpp.Llama):
     evaluation, e.g. the first generated token: the context holds the logits sampled before it); the
     context grows back (up to ``n_ctx``) when an evaluation needs more cells. Default True; not
     applied yet to models with sliding-window layers (Gemma 3).
+    auto_compress: compress after every multi-token evaluation (default True). False: prompts are
+    observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
+    evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
+    ``compress`` for each).
     """
 
     def __init__(
         self,
         model_path: str,
         *,
-        ratio: float = 1.0,
-        method: str = "uncomp",
-        budget: Optional[int] = None,
-        window: int = 8,
-        pool_kernel: int = 5,
-        n_sink: int = 0,
-        n_head_groups: int = 2,
+        ratio: float = CompressionConfig.ratio,
+        method: str = CompressionConfig.method,
+        budget: Optional[int] = CompressionConfig.budget,
+        window: int = CompressionConfig.window,
+        pool_kernel: int = CompressionConfig.pool_kernel,
+        n_sink: int = CompressionConfig.n_sink,
+        n_head_groups: int = CompressionConfig.n_head_groups,
         shrink_cache: bool = True,
+        auto_compress: bool = True,
         **kwargs,
     ):
-        if not isinstance(shrink_cache, bool):
-            raise ValueError(f"shrink_cache: must be True or False, got {shrink_cache!r}")
+        for name, value in (("shrink_cache", shrink_cache), ("auto_compress", auto_compress)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: must be True or False, got {value!r}")
+        self.auto_compress = auto_compress  # may be switched at any time
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
@@ -124,11 +131,36 @@ class Llama(llama_cpp.Llama):
             super().eval(tokens)
         finally:
             lib.llama_uncomp_observe(ctx, False)
+        if self.auto_compress:
+            self.compress()
+
+    def compress(self) -> bool:
+        """Compresses the cache now with the current settings, scored by the last evaluated prompt's
+        window queries. Returns False when the settings do not compress (``method='full'`` or ratio 1)."""
+        if not self._attached or self.policy is None:
+            return False
+        if self.n_tokens == 0:
+            raise RuntimeError("compress: the cache is empty; evaluate a prompt first")
         self._compress(0)
         self._compressed_upto = self.n_tokens
         # the shrink waits for the next evaluation: the context holds the logits to sample from,
         # which a rebuilt context would not have
         self._shrink_pending = self._shrink_cache
+        return True
+
+    def set_compression(self, **changes) -> None:
+        """Changes compression settings (the keyword arguments of the constructor's compression
+        parameters) for later compressions, keeping the cache and the observed prompt: a prompt
+        evaluated with ``auto_compress=False`` can be compressed under each setting in turn. A larger
+        ``window`` than observed needs the prompt evaluated again."""
+        config = CompressionConfig(**{**self.compression.as_dict(), **changes})
+        if config.compresses and not self._attached:
+            raise ValueError("set_compression: this model was built without compression (method='full' or "
+                             "ratio=1.0), so no prompt was observed; build it with a compressing method")
+        if self._attached:
+            _check(lib.llama_uncomp_set_params(self._ctx_ptr(), config._native_ptr()))
+        self.compression = config
+        self.policy = make_policy(config.method, config.n_head_groups) if config.compresses else None
 
     def n_ctx(self) -> int:
         """The context size asked for (the cache may allocate fewer cells while compressed)."""

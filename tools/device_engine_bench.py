@@ -10,7 +10,7 @@ import pyuncomp  # noqa: I001
 
 import numpy as np
 
-from bench_decode import time_prefill_and_decode  # tools/ is on PYTHONPATH
+from bench_decode import decode_rate, prefill  # tools/ is on PYTHONPATH
 
 
 def cpu_vs_cuda(small):
@@ -30,7 +30,9 @@ def speed(model, depth, n_gen=64):
     for method, ratio in (("full", 1.0), ("snapkv", 0.05)):
         llm = pyuncomp.Llama(model, n_ctx=depth + n_gen + 16, n_batch=2048, n_ubatch=512, n_gpu_layers=-1,
                              flash_attn=True, method=method, ratio=ratio, verbose=False)
-        t_prefill, tok_s, s = time_prefill_and_decode(llm, tokens, n_gen)
+        t_prefill, s = prefill(llm, tokens)
+        tok_s = decode_rate(llm, n_gen)
+        llm.close()
         print(f"depth {depth} {method} {ratio}: prefill {t_prefill:.2f} s, decode {tok_s:.1f} tok/s, KV held "
               f"{s['kv_bytes'] / 2**20:.0f} MiB = {s['kv_bytes'] / s['kv_bytes_full']:.3f} of full", flush=True)
 

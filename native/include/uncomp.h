@@ -117,6 +117,11 @@ enum llama_uncomp_error {
 LLAMA_API int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params);
 LLAMA_API void    llama_uncomp_detach(struct llama_context * ctx);
 
+// Replaces the parameters of an attached context, keeping what it observed and its layout: the same
+// prompt can then be compressed again under other parameters (after a state reload). Observed window
+// queries beyond the new window are dropped; a larger window needs a new observation.
+LLAMA_API int32_t llama_uncomp_set_params(struct llama_context * ctx, const struct llama_uncomp_params * params);
+
 // on = true: record window queries of the next evaluations (clears earlier ones); false: stop
 LLAMA_API int32_t llama_uncomp_observe(struct llama_context * ctx, bool on);
 

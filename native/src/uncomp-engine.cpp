@@ -315,6 +315,23 @@ void llama_uncomp_detach(struct llama_context * ctx) {
     g_states.erase(ctx);
 }
 
+int32_t llama_uncomp_set_params(struct llama_context * ctx, const struct llama_uncomp_params * params) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (llama_uncomp_params_check(params) != nullptr) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    st->params = *params;
+    for (auto & rows : st->window_q) {
+        while ((int64_t) rows.size() > params->window) {
+            rows.pop_front();
+        }
+    }
+    return 0;
+}
+
 int32_t llama_uncomp_observe(struct llama_context * ctx, bool on) {
     uncomp_state * st = state_of(ctx);
     if (st == nullptr) {

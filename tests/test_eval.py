@@ -1,0 +1,93 @@
+"""The evaluation harness: seeded tasks, the shared-prefill runner, reports, and bad arguments."""
+
+import collections
+import json
+import re
+
+import pytest
+
+import pyuncomp
+from pyuncomp.cli import main as cli_main
+from pyuncomp.eval import TASKS, evaluate
+from pyuncomp.eval.runner import Evaluator, settings_for
+from pyuncomp.eval.tasks import make_samples
+
+
+@pytest.fixture(scope="module")
+def evaluator(smollm2_path):
+    ev = Evaluator(smollm2_path, n_ctx=2560)
+    yield ev
+    ev.close()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_are_seeded_sized_and_hold_their_answers(evaluator, task):
+    count = evaluator.count_tokens
+    a = make_samples(task, 1500, [0.3], 2, seed=1, count_tokens=count)
+    assert [s.prompt for s in a] == [s.prompt for s in make_samples(task, 1500, [0.3], 2, seed=1, count_tokens=count)]
+    assert a[0].prompt != a[1].prompt != make_samples(task, 1500, [0.3], 1, seed=2, count_tokens=count)[0].prompt
+    for s in a:
+        assert 0.9 * 1500 <= count(s.prompt) <= 1.05 * 1500, count(s.prompt)
+        if task == "cwe":  # the answers are the most frequent words of the list
+            words = collections.Counter(re.findall(r"\d+\. (\w+)", s.prompt))
+            assert {w for w, _ in words.most_common(len(s.answers))} == set(s.answers)
+        else:
+            assert all(answer in s.prompt for answer in s.answers)
+
+
+def test_needles_sit_at_their_depth(evaluator):
+    for depth in (0.0, 0.5, 1.0):
+        s = make_samples("passkey", 1000, [depth], 1, seed=0, count_tokens=evaluator.count_tokens)[0]
+        at = s.prompt.index(f"The pass key is {s.answers[0]}") / len(s.prompt)
+        assert abs(at - depth) < 0.08, (depth, at)
+
+
+def test_an_answer_under_a_setting_is_the_answer_of_normal_use(smollm2_path, evaluator):
+    # the runner evaluates the prompt once and compresses a saved copy per setting; a user's Llama
+    # with the same setting evaluates and compresses the prompt itself: the same greedy answer
+    sample = make_samples("niah_multikey", 2000, [0.5], 1, seed=3, count_tokens=evaluator.count_tokens)[0]
+    settings = settings_for(["full", "uncomp", "snapkv"], [0.05])
+    records = evaluator.run(sample, settings)
+    for setting, record in zip(settings, records):
+        llm = pyuncomp.Llama(smollm2_path, n_ctx=2560, method=setting.method, ratio=setting.ratio, verbose=False)
+        out = llm(sample.prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
+        llm.close()
+        assert record["output"] == out, setting
+        assert abs(record["kv_fraction"] - (1.0 if setting.method == "full" else 0.05)) < 0.01
+
+
+@pytest.mark.fidelity
+def test_fast_fidelity_subset_at_2k(smollm2_path, tmp_path):
+    """CI's subset of the report: SmolLM2 at 2k tokens, full vs snapkv vs uncomp at ratio 0.05."""
+    result = evaluate(smollm2_path, ["passkey", "qa", "chat"], ["full", "snapkv", "uncomp"], [0.05], [2048],
+                      depths=[0.2, 0.5, 0.8], samples=1, out_dir=tmp_path)
+    summary = {(r["task"], r["setting"]): r["score"] for r in result["summary"]}
+    assert summary["passkey", "full"] >= 2 / 3
+    assert summary["passkey", "uncomp 0.05"] >= summary["passkey", "full"]
+    assert summary["average", "uncomp 0.05"] >= summary["average", "snapkv 0.05"] - 1e-9
+    assert len(result["records"]) == 3 * 3 * 3
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"] == result["summary"] and len(saved["records"]) == 27
+    for png in ("summary.png", "passkey_heatmap.png", "qa_heatmap.png", "chat_heatmap.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| uncomp 0.05 |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"tasks": ["nope"]}, "task"), ({"methods": ["h2o"]}, "method"), ({"ratios": [0.0]}, "ratio"),
+    ({"ratios": [1.5]}, "ratio"), ({"lengths": [9000]}, "longer than the model's context"),
+    ({"lengths": [10]}, "length"), ({"depths": [1.5]}, "depth"), ({"samples": 0}, "samples"),
+])
+def test_evaluate_refuses_bad_arguments(smollm2_path, kwargs, field):
+    args = {"tasks": ["passkey"], "methods": ["full", "uncomp"], "ratios": [0.05], "lengths": [512], **kwargs}
+    with pytest.raises(ValueError, match=field):
+        evaluate(smollm2_path, **args)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "nope"], "task"), (["eval", "passkey", "--methods", "full,h2o"], "method"),
+    (["eval", "passkey", "--ratios", "2"], "ratio"), (["eval", "passkey", "--lengths", "100000"], "longer than"),
+])
+def test_eval_cli_refuses_bad_arguments(argv, message, capsys):
+    assert cli_main(argv + ["--quiet"]) == 2
+    assert message in capsys.readouterr().err
