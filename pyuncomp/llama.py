@@ -217,12 +217,18 @@ class Llama(llama_cpp.Llama):
             self._entropy = [self._key_entropy(s["il"], s["n_head_kv"], 32, seq_id) for s in compressible]
             layers = [LayerInfo(layer.il, layer.n_head_kv, e) for layer, e in zip(layers, self._entropy)]
         held = max(s["n_cells"] for s in compressible)
+        held_per_head = [self._tokens_kept(s["il"], s["n_head_kv"], seq_id) for s in compressible]
         mean = cfg.budget if cfg.budget is not None else cfg.ratio * self.n_tokens
-        budgets = iter(fit_budgets(self.policy.weights(layers), mean, cfg.window + cfg.n_sink, held))
+        budgets = iter(fit_budgets(self.policy.weights(layers), mean, cfg.window + cfg.n_sink, held_per_head))
         # one entry per KV head of every cache layer; sliding-window layers keep what they hold
         flat = np.concatenate([np.full(s["n_head_kv"], held) if s["is_swa"] else next(budgets) for s in stats])
         flat = np.ascontiguousarray(flat, dtype=np.int32)
         _check(lib.llama_uncomp_compress_budgets(self._ctx_ptr(), seq_id, ffi.cast("int32_t *", flat.ctypes.data), flat.size))
+
+    def _tokens_kept(self, layer: int, n_head_kv: int, seq_id: int) -> np.ndarray:
+        out = np.empty(n_head_kv, dtype=np.int32)
+        _check(lib.llama_uncomp_tokens_kept(self._ctx_ptr(), seq_id, layer, ffi.cast("int32_t *", out.ctypes.data), n_head_kv))
+        return out
 
     def _key_entropy(self, layer: int, n_head_kv: int, k: int, seq_id: int) -> np.ndarray:
         out = np.empty(n_head_kv, dtype=np.float32)
@@ -230,10 +236,13 @@ class Llama(llama_cpp.Llama):
         return out
 
     def save_state(self):
-        """Saves the state like the parent, with the compressed cache's per-head layout."""
+        """Saves the state like the parent, with the compressed cache's per-head layout and the
+        observed window queries of the last evaluated prompt."""
         state = super().save_state()
         if self._attached:
             state.uncomp_head_start = self._head_starts()
+            # the observed prompt queries too: a saved uncompressed prompt can be compressed after a load
+            state.uncomp_window_queries = {s["il"]: self.window_queries(s["il"]) for s in self._layer_stats(0)}
         return state
 
     def _head_starts(self) -> dict:
@@ -260,6 +269,9 @@ class Llama(llama_cpp.Llama):
         super().load_state(state)
         if self._attached:
             self._set_head_starts(getattr(state, "uncomp_head_start", {}))
+            for il, queries in getattr(state, "uncomp_window_queries", {}).items():
+                queries = np.ascontiguousarray(queries[-self.compression.window:], dtype=np.float32)
+                _check(lib.llama_uncomp_set_window_queries(self._ctx_ptr(), il, ffi.cast("float *", queries.ctypes.data), len(queries)))
             # a cache whose compressible (non-sliding-window) layers hold fewer cells than evaluated
             # positions was compressed up to there
             stats = self.compression_stats()
@@ -334,18 +346,16 @@ class Llama(llama_cpp.Llama):
         compressible layer that the last compression split budgets by; None for methods that do not
         use it).
         """
-        ctx = self._ctx_ptr()
         stats = self._layer_stats(seq_id)
         n_tokens = self.n_tokens
         layers, swa_layers, tokens_kept = [], [], []
         kv_bytes = kv_bytes_full = kv_bytes_allocated = 0
         for s in stats:
-            kept = ffi.new("int32_t[]", s["n_head_kv"])
-            lib.llama_uncomp_tokens_kept(ctx, seq_id, s["il"], kept, s["n_head_kv"])
+            kept = self._tokens_kept(s["il"], s["n_head_kv"], seq_id)
             layers.append(s["il"])
             if s["is_swa"]:
                 swa_layers.append(s["il"])
-            tokens_kept.append(list(kept))
+            tokens_kept.append([int(k) for k in kept])
             kv_bytes += s["bytes_held"]
             kv_bytes_allocated += s["bytes_alloc"]
             # sliding-window layers hold at most their window also in a full cache

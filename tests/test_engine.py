@@ -99,13 +99,14 @@ def test_cache_really_shrinks_to_the_budget(engines, method):
 
 
 def test_flash_attention_on_and_off_agree_over_per_head_budgets(smollm2_path):
-    # two attention implementations (transposed V without flash attention) over the same per-head views
+    # two attention implementations (transposed V without flash attention) over the same per-head views;
+    # they sum in different orders, so only the answer is compared (a near tie may flip a later token)
     prompt = passkey_prompt(60, 0.4, "24680")
     texts = []
     for flash_attn in (False, True):
         llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="uncomp", ratio=0.05, flash_attn=flash_attn,
                              verbose=False)
-        texts.append(llm(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"])
+        texts.append(llm(prompt, max_tokens=8, temperature=0.0)["choices"][0]["text"])
         heads = llm.compression_stats()["tokens_kept"]
         assert any(len(set(layer)) > 1 for layer in heads)
         llm.close()

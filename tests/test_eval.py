@@ -56,19 +56,30 @@ def test_an_answer_under_a_setting_is_the_answer_of_normal_use(smollm2_path, eva
         assert abs(record["kv_fraction"] - (1.0 if setting.method == "full" else 0.05)) < 0.01
 
 
+def test_settings_do_not_leak_into_each_other(evaluator):
+    # a chat's second turn observes new queries; the next setting must still compress the first turn
+    # with the first turn's own (restored with the saved state)
+    sample = make_samples("chat", 1200, [0.5], 1, seed=5, count_tokens=evaluator.count_tokens)[0]
+    together = evaluator.run(sample, settings_for(["full", "snapkv", "uncomp"], [0.05]))
+    for setting, record in zip(settings_for(["snapkv", "uncomp"], [0.05]), together[1:]):
+        alone = evaluator.run(sample, [setting])[0]
+        assert alone["output"] == record["output"], setting
+
+
 @pytest.mark.fidelity
 def test_fast_fidelity_subset_at_2k(smollm2_path, tmp_path):
-    """CI's subset of the report: SmolLM2 at 2k tokens, full vs snapkv vs uncomp at ratio 0.05."""
-    result = evaluate(smollm2_path, ["passkey", "qa", "chat"], ["full", "snapkv", "uncomp"], [0.05], [2048],
+    """CI's subset of the report (docs/fidelity.md): SmolLM2 at 2k tokens, full vs snapkv vs uncomp at
+    ratio 0.05 on passkeys at three depths and the two-turn chat."""
+    result = evaluate(smollm2_path, ["passkey", "chat"], ["full", "snapkv", "uncomp"], [0.05], [2048],
                       depths=[0.2, 0.5, 0.8], samples=1, out_dir=tmp_path)
     summary = {(r["task"], r["setting"]): r["score"] for r in result["summary"]}
     assert summary["passkey", "full"] >= 2 / 3
     assert summary["passkey", "uncomp 0.05"] >= summary["passkey", "full"]
-    assert summary["average", "uncomp 0.05"] >= summary["average", "snapkv 0.05"] - 1e-9
-    assert len(result["records"]) == 3 * 3 * 3
+    assert summary["average", "uncomp 0.05"] >= summary["average", "snapkv 0.05"]
+    assert len(result["records"]) == 2 * 3 * 3
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["summary"] == result["summary"] and len(saved["records"]) == 27
-    for png in ("summary.png", "passkey_heatmap.png", "qa_heatmap.png", "chat_heatmap.png"):
+    assert saved["summary"] == result["summary"] and len(saved["records"]) == 18
+    for png in ("summary.png", "passkey_heatmap.png", "chat_heatmap.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| uncomp 0.05 |" in (tmp_path / "summary.md").read_text()
 

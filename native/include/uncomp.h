@@ -133,6 +133,15 @@ LLAMA_API int32_t llama_uncomp_window_queries(
                            float * out,
                          int64_t   n_max);
 
+// Replaces the window queries observed for model layer il with n_rows rows of q (the layout of
+// llama_uncomp_window_queries; n_rows <= window): a saved state restored with its observation can be
+// compressed as if it had just been evaluated. Returns n_rows, or a negative enum llama_uncomp_error.
+LLAMA_API int32_t llama_uncomp_set_window_queries(
+        struct llama_context * ctx,
+                     int32_t   il,
+                 const float * q,
+                     int32_t   n_rows);
+
 // Evicts tokens of seq_id down to one budget for every layer and head (params budget, or ratio x
 // positions). Every budget is at least window + n_sink: the last `window` tokens are always kept, in the
 // last cells at their true positions. Returns the cells the sequence holds, or a negative enum llama_uncomp_error.

@@ -371,6 +371,24 @@ int32_t llama_uncomp_window_queries(
     return (int32_t) rows.size();
 }
 
+int32_t llama_uncomp_set_window_queries(struct llama_context * ctx, int32_t il, const float * q, int32_t n_rows) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (il < 0 || (size_t) il >= st->window_q.size() || n_rows < 0 || n_rows > st->params.window || (q == nullptr && n_rows > 0)) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    const auto & hp = ctx->get_model().hparams;
+    const int64_t row = (int64_t) hp.n_head(il) * hp.n_embd_head_k(il);
+    auto & rows = st->window_q[il];
+    rows.clear();
+    for (int32_t t = 0; t < n_rows; ++t) {
+        rows.emplace_back(q + t * row, q + (t + 1) * row);
+    }
+    return n_rows;
+}
+
 namespace {
 
 // The next graph must be built afresh: a reused one would keep views of the old per-head layout.
