@@ -9,6 +9,11 @@ def smollm2_path():
 
 
 @pytest.fixture(scope="session")
+def gemma3_path():
+    return str(pyuncomp.resolve_model("gemma3-270m"))
+
+
+@pytest.fixture(scope="session")
 def smollm2(smollm2_path):
     from parity_cases import N_CTX
 

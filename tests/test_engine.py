@@ -148,11 +148,6 @@ def test_a_diverging_prompt_gives_what_a_fresh_evaluation_gives(engines):
     assert llm(other, max_tokens=8, temperature=0.0)["choices"][0]["text"] == fresh
 
 
-@pytest.fixture(scope="module")
-def gemma3_path():
-    return str(pyuncomp.resolve_model("gemma3-270m"))
-
-
 def test_gemma3_compresses_its_global_layers_and_keeps_the_sliding_ones(gemma3_path):
     full = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, verbose=False)
     snap = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, method="snapkv", ratio=0.1, verbose=False)

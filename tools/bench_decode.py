@@ -62,7 +62,7 @@ def main():
     for llm in llms.values():
         llm.close()
     print(f"| method | ratio | depth | prefill s | decode tok/s (median of {a.rounds}) | KV bytes held | of full |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for (m, r) in rows:
         tp, s = prefills[m]
         print(f"| {m} | {r} | {a.depth} | {tp:.2f} | {statistics.median(rates[m]):.1f} | {s['kv_bytes']} | "

@@ -51,6 +51,8 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
         raise ValueError(f"length: {max(lengths)} tokens is longer than the model's context ({n_ctx_train})")
     ev = Evaluator(str(model_path), n_ctx, **llama_kwargs)
     try:
+        if "chat" in tasks:
+            ev.chat_formatter()  # a model without a chat template is refused before any work
         todo = [s for t in tasks for n in lengths for s in make_samples(t, n, depths, samples, seed, ev.count_tokens)]
         bar = _progress(len(todo) * len(settings), progress)
         records = []

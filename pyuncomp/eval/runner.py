@@ -109,7 +109,8 @@ class Evaluator:
             out.append(self._argmax())
         return out
 
-    def _formatter(self):
+    def chat_formatter(self):
+        """The model's chat template as a formatter; ValueError when the model has none."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         if self._template is None:
@@ -125,7 +126,7 @@ class Evaluator:
     def _chat_tokens(self, user: str, after: Optional[List[int]] = None) -> List[int]:
         """Tokens of a user turn in the model's chat template, with the assistant's turn opened. after:
         the previous turn's reply, evaluated but for its last token: the tokens then continue the cache."""
-        fmt = self._formatter()
+        fmt = self.chat_formatter()
         turn = [{"role": "user", "content": user}]
         if after is None:
             return self.llm.tokenize(fmt(messages=turn).prompt.encode(), add_bos=False, special=True)
