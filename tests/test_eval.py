@@ -95,16 +95,16 @@ def test_evaluate_refuses_bad_arguments(smollm2_path, kwargs, field):
         evaluate(smollm2_path, **args)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["eval", "nope"], "task"), (["eval", "passkey", "--methods", "full,h2o"], "method"),
-    (["eval", "passkey", "--ratios", "2"], "ratio"), (["eval", "passkey", "--lengths", "100000"], "longer than"),
-])
 def test_chat_needs_a_chat_template(gemma3_path):
     # the Gemma 3 GGUF carries no chat template: refused up front, not after the other tasks ran
     with pytest.raises(ValueError, match="no chat template"):
         evaluate(gemma3_path, ["passkey", "chat"], ["full"], [0.05], [256], depths=[0.5])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "nope"], "task"), (["eval", "passkey", "--methods", "full,h2o"], "method"),
+    (["eval", "passkey", "--ratios", "2"], "ratio"), (["eval", "passkey", "--lengths", "100000"], "longer than"),
+])
 def test_eval_cli_refuses_bad_arguments(argv, message, capsys):
     assert cli_main(argv + ["--quiet"]) == 2
     assert message in capsys.readouterr().err
