@@ -77,6 +77,7 @@ def test_per_layer_and_per_head_selection_matches_numpy(smollm2_path, method):
     llm.eval(tokens)
     kept = np.array(llm.compression_stats()["tokens_kept"])
     assert len(np.unique(kept)) > 3  # budgets really differ between layers (and heads, for uncomp)
-    assert mismatched_heads(full, llm, range(0, 30, 3), 8, 5, 0) == 0
+    cfg = llm.compression
+    assert mismatched_heads(full, llm, range(0, 30, 3), cfg.window, cfg.pool_kernel, cfg.n_sink) == 0
     full.close()
     llm.close()
