@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +41,38 @@ def check_gguf(model_path) -> Path:
     return path
 
 
+class _BorrowedModel:
+    """Another ``Llama``'s loaded model, seen through llama-cpp-python's ``LlamaModel`` interface; closing
+    it leaves the model to its owner."""
+
+    def __init__(self, model):
+        self._owner_model = model
+
+    def __getattr__(self, name):
+        return getattr(self._owner_model, name)
+
+    def close(self):
+        pass
+
+
+_model_factory_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _borrowing(model):
+    """llama-cpp-python's Llama loads its model in its constructor; while this is active it takes
+    ``model`` instead (the module-level factory is swapped under a lock)."""
+    import llama_cpp.llama as parent_module
+
+    with _model_factory_lock:
+        factory = parent_module.internals.LlamaModel
+        parent_module.internals.LlamaModel = lambda **_: _BorrowedModel(model)
+        try:
+            yield
+        finally:
+            parent_module.internals.LlamaModel = factory
+
+
 class Llama(llama_cpp.Llama):
     """A drop-in ``llama_cpp.Llama`` whose KV cache keeps only a budget of tokens per layer and KV head.
 
@@ -57,6 +91,10 @@ class Llama(llama_cpp.Llama):
     observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
     evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
     ``compress`` for each).
+    share_model_with: another open ``Llama`` whose loaded weights this one uses instead of loading
+    ``model_path`` again (its own context and cache; model options such as ``n_gpu_layers`` are the
+    owner's). Many compressed sessions then fit beside one copy of the model. The owner must stay
+    open while others use its model.
     """
 
     def __init__(
@@ -72,6 +110,7 @@ class Llama(llama_cpp.Llama):
         n_head_groups: int = CompressionConfig.n_head_groups,
         shrink_cache: bool = True,
         auto_compress: bool = True,
+        share_model_with: Optional["llama_cpp.Llama"] = None,
         **kwargs,
     ):
         for name, value in (("shrink_cache", shrink_cache), ("auto_compress", auto_compress)):
@@ -82,7 +121,14 @@ class Llama(llama_cpp.Llama):
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
         self.policy = make_policy(method, n_head_groups) if self.compression.compresses else None
-        super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
+        if share_model_with is None:
+            super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
+        else:
+            if not isinstance(share_model_with, llama_cpp.Llama) or getattr(share_model_with._model, "model", None) is None:
+                raise ValueError("share_model_with: must be an open pyuncomp.Llama")
+            with _borrowing(share_model_with._model):
+                super().__init__(model_path=share_model_with.model_path, **kwargs)
+        self._model_owner = share_model_with  # keeps the owner (and its model) alive
         self._attached = False
         self._compressed_upto = 0  # positions evaluated when the cache was last compressed
         self._entropy = None  # per compressible layer, each KV head's key entropy at the last compression

@@ -1,5 +1,6 @@
 """The compression engine on SmolLM2-135M: real eviction, real memory, answers kept."""
 
+import os
 import random
 
 import pytest
@@ -211,3 +212,24 @@ def test_shrunk_cache_releases_its_allocation_and_answers_the_same(smollm2_path)
     kept_cells = max(max(layer) for layer in runs[True][4]["tokens_kept"])
     assert runs[True][4]["kv_bytes_allocated"] <= (kept_cells + 512 + 256) * per_cell
     assert runs[True][5] == N_CTX  # n_ctx() stays what was asked for
+
+
+@pytest.mark.parametrize("model, method, cache", [("smollm2-135m", "uncomp", "f16"), ("smollm2-135m", "snapkv", "q8_0"),
+                                                  ("gemma3-270m", "uncomp", "f16")])
+def test_device_path_keeps_what_the_host_path_keeps(tmp_path, smollm2_path, gemma3_path, model, method, cache):
+    """The graph-based steps that run where the cache lives (on a GPU for CUDA caches) forced onto the
+    CPU backend: the same prompt keeps the same rows, bit for bit, with the same entropy profile."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).resolve().parent.parent / "tools" / "compress_probe.py"
+    runs = {}
+    for name, forced in (("host", "0"), ("device", "1")):
+        runs[name] = tmp_path / f"{name}.npz"
+        subprocess.run([sys.executable, str(probe), str(runs[name]), "--model", model, "--method", method,
+                        "--cache", cache], check=True, env={**os.environ, "UNCOMP_DEVICE_PATH": forced})
+    r = subprocess.run([sys.executable, str(probe), "--compare", str(runs["host"]), str(runs["device"])],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "equal" in r.stdout

@@ -34,12 +34,15 @@ def test_native_params_under_asan():
 
 
 @needs_cmake
-def test_native_engine_under_asan():
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_native_engine_under_asan(path):
     """Observe, compress with per-head budgets, decode, save/restore, bad arguments, two sequences of one
     context compressed independently and decoded in one batch: f16 (flash attention off and on), q8_0
-    and q4_0 caches, with libllama (our engine and llama.cpp) under ASan + UBSan."""
+    and q4_0 caches, with libllama (our engine and llama.cpp) under ASan + UBSan; once with the host
+    steps, once with the graph steps a GPU cache uses, on the CPU backend (UNCOMP_DEVICE_PATH=1)."""
     exe = build("test-uncomp-engine")
-    r = subprocess.run([str(exe), str(pyuncomp.resolve_model(None))], capture_output=True, text=True, env=ASAN_ENV)
+    env = {**ASAN_ENV, "UNCOMP_DEVICE_PATH": "1" if path == "device" else "0"}
+    r = subprocess.run([str(exe), str(pyuncomp.resolve_model(None))], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr[-8000:]
     assert "all checks passed" in r.stdout
     configs = ["cache f16", "cache f16 flash-attn", "cache q8_0", "cache q4_0"]

@@ -112,6 +112,7 @@ enum llama_uncomp_error {
     LLAMA_UNCOMP_ERR_METHOD       = -4, // the method does not compress (full)
     LLAMA_UNCOMP_ERR_NO_QUERIES   = -5, // no observed window queries for a layer
     LLAMA_UNCOMP_ERR_SHARED       = -6, // the sequence shares its cells or its cache stream with another one
+    LLAMA_UNCOMP_ERR_DEVICE       = -7, // the cache's device could not run a step (out of memory); the cache is unchanged
 };
 
 LLAMA_API int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params);

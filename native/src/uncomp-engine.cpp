@@ -7,9 +7,11 @@
 // (Gemma 3) the full-attention layers are compressed; the sliding-window layers stay as they are.
 #include "uncomp.h"
 #include "uncomp-impl.h"
+#include "uncomp-device.h"
 #include "uncomp-layout.h"
 
 #include "llama-context.h"
+#include "llama-impl.h"
 #include "llama-kv-cache.h"
 #include "llama-kv-cache-iswa.h"
 #include "llama-model.h"
@@ -20,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <numeric>
@@ -33,7 +36,17 @@ struct uncomp_state {
     bool observing = false;
     // per model layer: the last `window` post-RoPE query rows seen, each [head_dim * n_head] floats
     std::vector<std::deque<std::vector<float>>> window_q;
+    // the device-side steps, per device holding cache layers (several with a partial GPU offload)
+    std::map<ggml_backend_dev_t, std::unique_ptr<uncomp_device>> devices;
 };
+
+uncomp_device & device_of(uncomp_state & st, const ggml_tensor * storage) {
+    auto & d = st.devices[uncomp_device_of(storage)];
+    if (!d) {
+        d = std::make_unique<uncomp_device>(storage);
+    }
+    return *d;
+}
 
 // The cache the engine compresses: a plain KV cache, or the full-attention (base) half of an iSWA
 // cache, whose sliding-window layers already hold only their window. nullptr for other memories.
@@ -88,19 +101,26 @@ bool observe_queries(ggml_tensor * t, bool ask, void * user_data) {
     return true;
 }
 
-// rows [n_cells][n_embd] of a K (or untransposed V) storage tensor, as floats
+// rows [n_cells][n_embd] of a K (or untransposed V) storage tensor, as floats; runs of consecutive
+// cells are read in one transfer
 std::vector<float> rows_to_float(ggml_tensor * storage, uint32_t stream, const std::vector<uint32_t> & cells, int64_t n_embd) {
     const size_t row_bytes = ggml_row_size(storage->type, n_embd);
-    std::vector<uint8_t> raw(row_bytes);
+    std::vector<uint8_t> raw;
     std::vector<float> out(cells.size() * n_embd);
     const auto * traits = ggml_get_type_traits(storage->type);
-    for (size_t i = 0; i < cells.size(); ++i) {
-        ggml_backend_tensor_get(storage, raw.data(), stream * storage->nb[2] + cells[i] * storage->nb[1], row_bytes);
-        if (storage->type == GGML_TYPE_F32) {
-            std::memcpy(&out[i * n_embd], raw.data(), row_bytes);
-        } else {
-            traits->to_float(raw.data(), &out[i * n_embd], n_embd);
+    for (size_t i = 0; i < cells.size();) {
+        size_t run = 1;
+        while (i + run < cells.size() && cells[i + run] == cells[i] + run) ++run;
+        raw.resize(run * row_bytes);
+        ggml_backend_tensor_get(storage, raw.data(), stream * storage->nb[2] + cells[i] * storage->nb[1], run * row_bytes);
+        for (size_t r = 0; r < run; ++r) {
+            if (storage->type == GGML_TYPE_F32) {
+                std::memcpy(&out[(i + r) * n_embd], &raw[r * row_bytes], row_bytes);
+            } else {
+                traits->to_float(&raw[r * row_bytes], &out[(i + r) * n_embd], n_embd);
+            }
         }
+        i += run;
     }
     return out;
 }
@@ -189,19 +209,22 @@ std::vector<std::vector<float>> queries_in_key_basis(const llama_kv_cache * kv, 
     return out;
 }
 
-// SnapKV scores of the n tokens KV head kh of layer il holds (token i: row idx[i] of k, [*, n_embd_k_gqa],
-// at position pos[idx[i]]): softmax attention of the window queries (causal, as the model computed it),
-// summed over the window and the query heads that share the KV head, then average-pooled over the
-// prefix before the window.
-std::vector<float> window_scores(const std::vector<std::vector<float>> & rows, int32_t pool_kernel,
-                                 const llama_hparams & hp, uint32_t il, int64_t kh,
-                                 const std::vector<float> & k, const std::vector<llama_pos> & pos,
-                                 const std::vector<uint32_t> & idx) {
+float attention_scale(const llama_hparams & hp, uint32_t il) {
+    return hp.f_attention_scale == 0.0f ? 1.0f / std::sqrt((float) hp.n_embd_head_k(il)) : hp.f_attention_scale;
+}
+
+// Attention mass of the window queries on the n tokens KV head kh of layer il holds (token i: row
+// idx[i] of k, [*, n_embd_k_gqa], at position pos[idx[i]]): softmax attention of the window queries
+// (causal, as the model computed it), summed over the window and the query heads that share the KV
+// head. The host twin of uncomp_device::attention_mass.
+std::vector<float> attention_mass(const std::vector<std::vector<float>> & rows, const llama_hparams & hp, uint32_t il,
+                                  int64_t kh, const std::vector<float> & k, const std::vector<llama_pos> & pos,
+                                  const std::vector<uint32_t> & idx) {
     const int64_t n         = (int64_t) idx.size();
     const int64_t head_dim  = hp.n_embd_head_k(il);
     const int64_t n_embd_k  = hp.n_embd_k_gqa(il);
     const int64_t gqa       = hp.n_head(il) / hp.n_head_kv(il);
-    const float   scale     = hp.f_attention_scale == 0.0f ? 1.0f / std::sqrt((float) head_dim) : hp.f_attention_scale;
+    const float   scale     = attention_scale(hp, il);
 
     const int64_t w = (int64_t) rows.size();
     std::vector<float> score(n, 0.0f);
@@ -231,15 +254,19 @@ std::vector<float> window_scores(const std::vector<std::vector<float>> & rows, i
             }
         }
     }
-    // average pooling, kernel k, zero padding k/2, stride 1 (over the prefix before the window)
+    return score;
+}
+
+// SnapKV's score of each of the n_prefix tokens before the window: its attention mass average-pooled
+// (kernel k, zero padding k/2, stride 1)
+std::vector<float> pool_prefix(const std::vector<float> & mass, int64_t n_prefix, int32_t pool_kernel) {
     const int64_t half = pool_kernel / 2;
-    const int64_t n_prefix = n - w;
     std::vector<float> pooled(n_prefix);
     for (int64_t j = 0; j < n_prefix; ++j) {
         float acc = 0.0f;
         for (int64_t o = -half; o <= half; ++o) {
             const int64_t x = j + o;
-            if (x >= 0 && x < n_prefix) acc += score[x];
+            if (x >= 0 && x < n_prefix) acc += mass[x];
         }
         pooled[j] = acc / (float) pool_kernel;
     }
@@ -265,6 +292,20 @@ std::vector<uint32_t> select_kept(const std::vector<float> & score, int64_t n, i
 }
 
 } // namespace
+
+uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il) {
+    uncomp_state * st = state_of(ctx);
+    const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    if (st == nullptr || cache == nullptr || !uncomp_device_wanted(cache->get_k_storage(il))) {
+        return nullptr;
+    }
+    try {
+        return &device_of(*st, cache->get_k_storage(il));
+    } catch (const std::exception & e) {
+        LLAMA_LOG_ERROR("%s\n", e.what());
+        return nullptr; // no backend for that device: the host path still works
+    }
+}
 
 int32_t llama_uncomp_read_keys(
         const struct llama_context * ctx,
@@ -397,6 +438,50 @@ void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
     ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
 }
 
+// Window attention mass (attention_mass) of the heads of layer il with tokens in scored[h] (indices
+// into cells/pos; empty: not scored), computed where the layer's keys live.
+std::vector<std::vector<float>> window_mass(uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp,
+                                            uint32_t il, uint32_t stream, const std::vector<uint32_t> & cells,
+                                            const std::vector<llama_pos> & pos,
+                                            const std::vector<std::vector<uint32_t>> & scored) {
+    ggml_tensor * k_storage = kv->get_k_storage(il);
+    const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
+    const int64_t n_head_kv = (int64_t) scored.size();
+    std::vector<std::vector<float>> mass(n_head_kv);
+    if (uncomp_device_wanted(k_storage)) {
+        const int64_t wq = (int64_t) window_q.size();
+        const int64_t n_head = hp.n_head(il), head_dim = hp.n_embd_head_k(il);
+        std::vector<std::vector<uint32_t>> scored_cells(n_head_kv);
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            for (uint32_t i : scored[h]) scored_cells[h].push_back(cells[i]);
+        }
+        std::vector<float> q(n_head * wq * head_dim); // [n_head][wq][head_dim]
+        for (int64_t t = 0; t < wq; ++t) {
+            for (int64_t qh = 0; qh < n_head; ++qh) {
+                std::copy_n(&window_q[t][qh * head_dim], head_dim, &q[(qh * wq + t) * head_dim]);
+            }
+        }
+        return device_of(st, k_storage).attention_mass(k_storage, stream, head_dim, scored_cells, q, wq, n_head,
+                                                       attention_scale(hp, il));
+    }
+    const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
+    for (int64_t h = 0; h < n_head_kv; ++h) {
+        if (!scored[h].empty()) {
+            mass[h] = attention_mass(window_q, hp, il, h, k, pos, scored[h]);
+        }
+    }
+    return mass;
+}
+
+// compact_storage, on the storage's device when it can
+void compact(uncomp_state & st, ggml_tensor * storage, uint32_t stream, bool transposed, int64_t head_dim,
+             const std::vector<std::vector<uint32_t>> & src, size_t n_kept) {
+    if (!transposed && uncomp_device_wanted(storage) && device_of(st, storage).compact(storage, stream, head_dim, src, n_kept)) {
+        return;
+    }
+    compact_storage(storage, stream, transposed, head_dim, (int64_t) src.size(), src, n_kept);
+}
+
 // Evicts tokens of seq_id so that KV head h of cache layer i keeps budget[i][h] tokens (clamped to
 // [window + n_sink, tokens it holds]); see llama_uncomp_compress_budgets.
 int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id,
@@ -408,6 +493,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     }
     const auto & hp = ctx->get_model().hparams;
     const uint32_t stream = kv->get_stream(seq_id);
+    ctx->synchronize(); // the last evaluation may still be writing the cache
     const auto & cells_ro = kv->get_cells(seq_id);
 
     // the sequence's cells, by position; it must own its stream's cells alone, so that its kept
@@ -436,39 +522,53 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = hp.n_head_kv(il);
         const std::vector<uint32_t> start = uncomp_layout_get(kv, (int32_t) il, stream);
-        std::vector<float> k; // the layer's keys as floats, read once when a head needs scoring
-        std::vector<std::vector<float>> window_q; // the window queries in the keys' basis, with k
-        kept[li].resize(n_head_kv);
+        const int64_t wq = (int64_t) st.window_q[il].size();
+        // per head: the tokens it holds and how many of them it keeps; the heads that evict by score
+        std::vector<std::vector<uint32_t>> held(n_head_kv), scored(n_head_kv);
+        std::vector<int64_t> keep(n_head_kv);
+        bool any_scored = false;
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            std::vector<uint32_t> held;
             for (int64_t i = 0; i < n; ++i) {
-                if (start.empty() || cells[i] >= start[h]) held.push_back((uint32_t) i);
+                if (start.empty() || cells[i] >= start[h]) held[h].push_back((uint32_t) i);
             }
-            const int64_t n_h = (int64_t) held.size();
+            const int64_t n_h = (int64_t) held[h].size();
             // never fewer than the window and the sinks: they are always kept, and the window's
             // tokens stay in the last cells at their true positions (a rewind inside it is exact)
-            const int64_t b = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
-            auto & out = kept[li][h];
-            if (b >= n_h) {
-                out = held;
-            } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
-                // attention sinks (at least one token) and the most recent tokens
-                const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
-                out.assign(held.begin(), held.begin() + sinks);
-                out.insert(out.end(), held.end() - (b - sinks), held.end());
-            } else {
-                const int64_t wq = (int64_t) st.window_q[il].size();
+            keep[h] = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
+            evicts = evicts || keep[h] < n_h;
+            if (keep[h] < n_h && p.method != LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
                 if (wq < std::min<int64_t>(w, n_h)) {
                     return LLAMA_UNCOMP_ERR_NO_QUERIES;
                 }
-                if (k.empty()) {
-                    k = rows_to_float(kv->get_k_storage(il), stream, cells, hp.n_embd_k_gqa(il));
-                    window_q = queries_in_key_basis(kv, st.window_q[il]);
-                }
-                const auto score = window_scores(window_q, p.pool_kernel, hp, il, h, k, pos, held);
-                for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(held[i]);
+                scored[h] = held[h];
+                any_scored = true;
             }
-            evicts = evicts || b < n_h;
+        }
+        std::vector<std::vector<float>> mass(n_head_kv);
+        if (any_scored) {
+            try {
+                mass = window_mass(st, kv, hp, il, stream, cells, pos, scored);
+            } catch (const std::exception & e) {
+                LLAMA_LOG_ERROR("%s\n", e.what());
+                return LLAMA_UNCOMP_ERR_DEVICE; // nothing moved yet
+            }
+        }
+        kept[li].resize(n_head_kv);
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            const int64_t n_h = (int64_t) held[h].size();
+            const int64_t b = keep[h];
+            auto & out = kept[li][h];
+            if (b >= n_h) {
+                out = held[h];
+            } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
+                // attention sinks (at least one token) and the most recent tokens
+                const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
+                out.assign(held[h].begin(), held[h].begin() + sinks);
+                out.insert(out.end(), held[h].end() - (b - sinks), held[h].end());
+            } else {
+                const auto score = pool_prefix(mass[h], n_h - wq, p.pool_kernel);
+                for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(held[h][i]);
+            }
             n_kept = std::max(n_kept, out.size());
         }
     }
@@ -486,8 +586,17 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
             for (uint32_t i : kept[li][h]) src[h].push_back(cells[i]);
             start[h] = (uint32_t) (n_kept - src[h].size());
         }
-        compact_storage(kv->get_k_storage(il), stream, false, hp.n_embd_head_k(il), n_head_kv, src, n_kept);
-        compact_storage(kv->get_v_storage(il), stream, kv->get_v_trans(), hp.n_embd_head_v(il), n_head_kv, src, n_kept);
+        try {
+            compact(st, kv->get_k_storage(il), stream, false, hp.n_embd_head_k(il), src, n_kept);
+            compact(st, kv->get_v_storage(il), stream, kv->get_v_trans(), hp.n_embd_head_v(il), src, n_kept);
+        } catch (const std::exception & e) {
+            LLAMA_LOG_ERROR("%s\n", e.what());
+            // layers before this one are compacted already: the sequence cannot be kept
+            kv->seq_rm(seq_id, -1, -1);
+            uncomp_layout_clear(kv, (int32_t) stream);
+            rebuild_graphs(ctx, st);
+            return LLAMA_UNCOMP_ERR_DEVICE;
+        }
         uncomp_layout_set(kv, (int32_t) il, stream, start);
     }
 

@@ -2,9 +2,11 @@
 // centre over tokens, scale rows to unit norm, Gram A = ZᵀZ / n, normalise by its trace, take the
 // eigenvalues σ₁ ≥ … ≥ σ_d and return -Σ_{i≤k} σᵢ log(σᵢ + 1e-10) / log(d).
 #include "uncomp.h"
+#include "uncomp-device.h"
 #include "uncomp-impl.h"
 
 #include "llama-context.h"
+#include "llama-impl.h"
 #include "llama-kv-cache.h"
 #include "llama-model.h"
 
@@ -14,37 +16,100 @@
 #include <future>
 #include <vector>
 
-// Eigenvalues of the symmetric d×d matrix a (row-major, destroyed), by cyclic Jacobi rotations:
-// d is a head dimension (64–256), small enough that robustness beats speed here.
+// Eigenvalues of the symmetric d×d matrix a (row-major, destroyed), largest first: Householder
+// reduction to tridiagonal form, then implicit QL with Wilkinson shifts (eigenvalues only, O(d³)).
 static std::vector<double> symmetric_eigenvalues(std::vector<double> & a, int d) {
-    for (int sweep = 0; sweep < 100; ++sweep) {
-        double off = 0.0;
-        for (int p = 0; p < d; ++p) for (int q = p + 1; q < d; ++q) off += a[p*d + q] * a[p*d + q];
-        if (off < 1e-22) break;
-        for (int p = 0; p < d; ++p) {
-            for (int q = p + 1; q < d; ++q) {
-                const double apq = a[p*d + q];
-                if (std::fabs(apq) < 1e-300) continue;
-                const double theta = (a[q*d + q] - a[p*d + p]) / (2.0 * apq);
-                const double t = (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta*theta + 1.0));
-                const double c = 1.0 / std::sqrt(t*t + 1.0), s = t * c;
-                for (int k = 0; k < d; ++k) { // columns p, q
-                    const double akp = a[k*d + p], akq = a[k*d + q];
-                    a[k*d + p] = c*akp - s*akq;
-                    a[k*d + q] = s*akp + c*akq;
-                }
-                for (int k = 0; k < d; ++k) { // rows p, q
-                    const double apk = a[p*d + k], aqk = a[q*d + k];
-                    a[p*d + k] = c*apk - s*aqk;
-                    a[q*d + k] = s*apk + c*aqk;
-                }
+    std::vector<double> diag(d), off(d, 0.0); // off[i]: the (i, i-1) element of the tridiagonal form
+    for (int i = d - 1; i > 0; --i) {
+        const int l = i - 1;
+        double scale = 0.0;
+        for (int k = 0; k <= l; ++k) scale += std::fabs(a[i*d + k]);
+        if (l == 0 || scale == 0.0) {
+            off[i] = a[i*d + l];
+            diag[i] = 0.0;
+            continue;
+        }
+        double h = 0.0;
+        for (int k = 0; k <= l; ++k) { a[i*d + k] /= scale; h += a[i*d + k] * a[i*d + k]; }
+        const double f = a[i*d + l];
+        const double g = f >= 0.0 ? -std::sqrt(h) : std::sqrt(h);
+        off[i] = scale * g;
+        h -= f * g;
+        a[i*d + l] = f - g;
+        double ff = 0.0;
+        for (int j = 0; j <= l; ++j) {
+            double gg = 0.0;
+            for (int k = 0; k <= j; ++k) gg += a[j*d + k] * a[i*d + k];
+            for (int k = j + 1; k <= l; ++k) gg += a[k*d + j] * a[i*d + k];
+            off[j] = gg / h;
+            ff += off[j] * a[i*d + j];
+        }
+        const double hh = ff / (h + h);
+        for (int j = 0; j <= l; ++j) {
+            const double fj = a[i*d + j];
+            const double gj = off[j] - hh * fj;
+            off[j] = gj;
+            for (int k = 0; k <= j; ++k) a[j*d + k] -= fj * off[k] + gj * a[i*d + k];
+        }
+        diag[i] = h;
+    }
+    for (int i = 0; i < d; ++i) diag[i] = a[i*d + i];
+    // implicit QL on (diag, off): off[i] couples i-1 and i; shift it to couple i and i+1
+    for (int i = 1; i < d; ++i) off[i - 1] = off[i];
+    off[d - 1] = 0.0;
+    for (int l = 0; l < d; ++l) {
+        for (int iter = 0; iter < 60; ++iter) {
+            int m = l;
+            for (; m < d - 1; ++m) {
+                const double dd = std::fabs(diag[m]) + std::fabs(diag[m + 1]);
+                if (std::fabs(off[m]) <= 1e-15 * dd) break;
             }
+            if (m == l) break;
+            double g = (diag[l + 1] - diag[l]) / (2.0 * off[l]);
+            double r = std::hypot(g, 1.0);
+            g = diag[m] - diag[l] + off[l] / (g + (g >= 0.0 ? r : -r));
+            double s = 1.0, c = 1.0, p = 0.0;
+            int i = m - 1;
+            for (; i >= l; --i) {
+                double f = s * off[i];
+                const double b = c * off[i];
+                r = std::hypot(f, g);
+                off[i + 1] = r;
+                if (r == 0.0) { diag[i + 1] -= p; off[m] = 0.0; break; }
+                s = f / r;
+                c = g / r;
+                g = diag[i + 1] - p;
+                r = (diag[i] - g) * s + 2.0 * c * b;
+                p = s * r;
+                diag[i + 1] = g + p;
+                g = c * r - b;
+            }
+            if (r == 0.0 && i >= l) continue;
+            diag[l] -= p;
+            off[l] = g;
+            off[m] = 0.0;
         }
     }
-    std::vector<double> ev(d);
-    for (int i = 0; i < d; ++i) ev[i] = a[i*d + i];
-    std::sort(ev.begin(), ev.end(), std::greater<double>());
-    return ev;
+    std::sort(diag.begin(), diag.end(), std::greater<double>());
+    return diag;
+}
+
+// The spec's entropy from a = Σ z zᵀ over the n unit rows z (d×d, row-major, destroyed)
+static float entropy_of_gram(std::vector<double> & a, int64_t n, int d, int k_trunc) {
+    double trace = 0.0;
+    for (auto & v : a) v /= (double) n;
+    for (int i = 0; i < d; ++i) trace += a[i*d + i];
+    if (trace <= 0.0) return 0.0f;
+    for (auto & v : a) v /= trace;
+    for (int i = 0; i < d; ++i) a[i*d + i] += 1e-10;
+    const auto ev = symmetric_eigenvalues(a, d);
+    const int k = k_trunc <= 0 ? d : std::min(k_trunc, d);
+    double h = 0.0;
+    for (int i = 0; i < k; ++i) {
+        const double s = std::max(ev[i], 0.0);
+        h -= s * std::log(s + 1e-10);
+    }
+    return (float) (h / std::log((double) d));
 }
 
 float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d, int k_trunc) {
@@ -52,7 +117,6 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
     std::vector<double> mean(d, 0.0);
     for (int64_t r = 0; r < n; ++r) for (int j = 0; j < d; ++j) mean[j] += x[r*stride + j];
     for (int j = 0; j < d; ++j) mean[j] /= (double) n;
-
     // A = ZᵀZ (upper triangle): rank-1 updates in float over blocks of rows, summed in double
     constexpr int64_t block = 256;
     std::vector<double> a(d * d, 0.0);
@@ -78,21 +142,7 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
         }
     }
     for (int i = 0; i < d; ++i) for (int j = 0; j < i; ++j) a[i*d + j] = a[j*d + i];
-    double trace = 0.0;
-    for (auto & v : a) v /= (double) n;
-    for (int i = 0; i < d; ++i) trace += a[i*d + i];
-    if (trace <= 0.0) return 0.0f;
-    for (auto & v : a) v /= trace;
-    for (int i = 0; i < d; ++i) a[i*d + i] += 1e-10;
-
-    const auto ev = symmetric_eigenvalues(a, d);
-    const int k = k_trunc <= 0 ? d : std::min(k_trunc, d);
-    double h = 0.0;
-    for (int i = 0; i < k; ++i) {
-        const double s = std::max(ev[i], 0.0);
-        h -= s * std::log(s + 1e-10);
-    }
-    return (float) (h / std::log((double) d));
+    return entropy_of_gram(a, n, d, k_trunc);
 }
 
 int32_t llama_uncomp_key_entropy(
@@ -102,29 +152,52 @@ int32_t llama_uncomp_key_entropy(
                          int32_t   k_trunc,
                            float * out,
                          int32_t   n_max) {
-    std::vector<float> keys;
     const int32_t n = llama_uncomp_read_keys(ctx, seq_id, il, nullptr, 0);
     if (n < 0) return n;
     const auto & hp = ctx->get_model().hparams;
     const int64_t n_embd = hp.n_embd_k_gqa(il);
-    keys.resize((size_t) n * n_embd);
-    llama_uncomp_read_keys(ctx, seq_id, il, keys.data(), (int64_t) keys.size());
     const int32_t n_head_kv = (int32_t) hp.n_head_kv(il);
     const int     head_dim  = (int) hp.n_embd_head_k(il);
     // head h holds the last rows[h] of the rows (a compressed head that keeps fewer starts later)
     std::vector<int32_t> rows(n_head_kv);
     llama_uncomp_tokens_kept(ctx, seq_id, il, rows.data(), n_head_kv);
+    const int32_t n_out = std::min(n_head_kv, n_max);
+
+    // where the cache lives on a device, the Gram matrices are made there and only they come back
+    if (uncomp_device * dev = uncomp_device_for(ctx, il)) {
+        const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+        std::vector<uint32_t> cells;
+        for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) cells.push_back(pc.second);
+        std::vector<std::vector<uint32_t>> held(n_head_kv);
+        for (int32_t h = 0; h < n_head_kv; ++h) held[h].assign(cells.end() - rows[h], cells.end());
+        std::vector<std::vector<double>> gram;
+        try {
+            gram = dev->key_gram(cache->get_k_storage(il), cache->get_stream(seq_id), head_dim, held);
+        } catch (const std::exception & e) {
+            LLAMA_LOG_ERROR("%s\n", e.what());
+            return LLAMA_UNCOMP_ERR_DEVICE;
+        }
+        std::vector<std::future<float>> head_entropy;
+        for (int32_t h = 0; h < n_out; ++h) {
+            head_entropy.push_back(std::async(h == 0 ? std::launch::deferred : std::launch::async, [&, h] {
+                return rows[h] > 0 ? entropy_of_gram(gram[h], rows[h], head_dim, k_trunc) : 0.0f;
+            }));
+        }
+        for (int32_t h = 0; h < n_out; ++h) out[h] = head_entropy[h].get();
+        return n_head_kv;
+    }
+
+    std::vector<float> keys((size_t) n * n_embd);
+    llama_uncomp_read_keys(ctx, seq_id, il, keys.data(), (int64_t) keys.size());
     // heads in parallel: this runs right after prefill, when the cores are otherwise idle
     std::vector<std::future<float>> head_entropy;
-    for (int32_t h = 0; h < n_head_kv && h < n_max; ++h) {
+    for (int32_t h = 0; h < n_out; ++h) {
         const float * first = keys.data() + (n - rows[h]) * n_embd + h * head_dim;
         const int64_t n_rows = rows[h];
         head_entropy.push_back(std::async(h == 0 ? std::launch::deferred : std::launch::async, [=] {
             return n_rows > 0 ? uncomp_truncated_entropy(first, n_rows, n_embd, head_dim, k_trunc) : 0.0f;
         }));
     }
-    for (size_t h = 0; h < head_entropy.size(); ++h) {
-        out[h] = head_entropy[h].get();
-    }
+    for (int32_t h = 0; h < n_out; ++h) out[h] = head_entropy[h].get();
     return n_head_kv;
 }

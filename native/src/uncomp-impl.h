@@ -7,6 +7,7 @@
 #include <vector>
 
 class llama_kv_cache;
+struct uncomp_device;
 
 // one cache layer of a context's memory
 struct uncomp_cache_layer {
@@ -24,3 +25,7 @@ const llama_kv_cache * uncomp_cache_of_layer(const llama_context * ctx, int32_t 
 
 // Truncated matrix entropy of n rows of d values (row r at x + r*stride), k_trunc <= 0: all d.
 float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d, int k_trunc);
+
+// The device-side steps for the cache layer of model layer il of an attached context, when that
+// layer's cache lives on a device (or UNCOMP_DEVICE_PATH=1); nullptr: use the host path.
+uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il);

@@ -117,6 +117,9 @@ ggml_tensor * uncomp_build_attn_heads(
         GGML_ASSERT(s.empty() || (int64_t) s.size() == k->ne[1]);
         s_first = std::min<int64_t>(s_first, s.empty() ? 0 : *std::min_element(s.begin(), s.end()));
     }
+    // start on a multiple of 256 rows: n_kv is one, and CUDA's flash-attention kernels want K rows in
+    // whole 256-row tiles (the rows added are masked for every head)
+    s_first -= s_first % 256;
     const int64_t n_rows = n_kv - s_first;
 
     // rows [s_first, n_kv) of every head and stream: k, v [head_dim, n_head_kv, n_rows, n_stream]

@@ -1,0 +1,152 @@
+"""Stock llama.cpp vs pyuncomp on one GPU, side by side in one run (run by benchmarks/run_h100.sh).
+
+    python benchmarks/cuda_bench.py MODEL.gguf [--depths 8192 32768 65536] [--ratios 0.05 0.1]
+        [--method uncomp] [--cache f16] [--n-gen 128] [--concurrent-depth 32768] [--json OUT]
+
+For each depth: the stock cache (method=full: our libllama with the engine inert, i.e. the pinned
+llama.cpp) and pyuncomp at each ratio evaluate the same prompt (flash attention, n_batch 2048,
+n_ubatch 512, every layer on the GPU). Measured: prefill time, the compression step's time, KV bytes
+held, and decode speed as llama-bench's tg measures it (one token per llama_decode, no sampling,
+after 4 untimed tokens). Then the largest number of concurrent sequences of --concurrent-depth tokens
+that fit on the GPU: sessions sharing one copy of the weights (``share_model_with``) are opened until
+the next one fails to allocate; stock sessions hold a full cache each, pyuncomp sessions a compressed,
+shrunk one (the prompt is evaluated and compressed once, then loaded into each new session).
+"""
+
+import argparse
+import json
+import time
+
+import pyuncomp  # first: it loads pyuncomp's libllama  # noqa: I001
+
+from pyuncomp._native import llama_cpp
+
+CACHE_TYPES = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8}}
+
+
+def prompt_tokens(n):
+    return [1] + [(7 * i) % 31000 + 100 for i in range(n - 1)]
+
+
+def open_llama(model, n_ctx, method, ratio, cache, **extra):
+    return pyuncomp.Llama(model, n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_gpu_layers=-1, flash_attn=True,
+                          method=method, ratio=ratio, auto_compress=False, verbose=False,
+                          **CACHE_TYPES[cache], **extra)
+
+
+def decode_rate(llm, n_gen):
+    """tokens/s of n_gen single-token llama_decode calls, as llama-bench's tg (no sampling)."""
+    ctx = llm._ctx.ctx
+    token = (llama_cpp.llama_token * 1)(1000)
+    batch = llama_cpp.llama_batch_get_one(token, 1)
+
+    def decode(n):
+        for _ in range(n):
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+        llama_cpp.llama_synchronize(ctx)
+
+    decode(4)
+    t0 = time.perf_counter()
+    decode(n_gen)
+    return n_gen / (time.perf_counter() - t0)
+
+
+def speed_rows(model, depth, method, ratios, cache, n_gen):
+    tokens = prompt_tokens(depth)
+    rows = []
+    for m, r in [("full", 1.0)] + [(method, r) for r in ratios]:
+        llm = open_llama(model, depth + n_gen + 512, m, r, cache, shrink_cache=False)
+        t0 = time.perf_counter()
+        llm.eval(tokens)
+        t_prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        llm.compress()
+        t_compress = time.perf_counter() - t0 if m != "full" else 0.0
+        s = llm.compression_stats()
+        rate = decode_rate(llm, n_gen)
+        llm.close()
+        row = dict(depth=depth, method=m, ratio=r, cache=cache, prefill_s=t_prefill, compress_s=t_compress,
+                   decode_tok_s=rate, kv_bytes=s["kv_bytes"], kv_bytes_full=s["kv_bytes_full"])
+        rows.append(row)
+        print(f"depth {depth:6d} {m:8s} {r:4.2f} {cache}: prefill {t_prefill:6.2f} s + compress {t_compress:5.3f} s "
+              f"({100 * t_compress / t_prefill:4.1f}%), decode {rate:6.1f} tok/s "
+              f"({rate / rows[0]['decode_tok_s']:.2f}x), KV held {s['kv_bytes'] / 2**20:7.1f} MiB = "
+              f"{s['kv_bytes'] / s['kv_bytes_full']:.3f} of full", flush=True)
+    return rows
+
+
+def count_sessions(owner, open_session, limit=1000):
+    """Opens sessions sharing owner's weights until one fails to allocate; returns how many fit."""
+    sessions = []
+    try:
+        while len(sessions) < limit:
+            sessions.append(open_session(owner))
+    except (ValueError, RuntimeError, MemoryError) as e:
+        print(f"  session {len(sessions) + 1} did not fit: {type(e).__name__}: {str(e)[:120]}", flush=True)
+    n = len(sessions)
+    for s in sessions:
+        s.close()
+    return n
+
+
+def concurrent_rows(model, depth, method, ratio, cache):
+    owner = open_llama(model, 512, "full", 1.0, cache)  # holds the weights, with a small context
+    n_ctx = depth + 512
+
+    def stock_session(o):
+        s = open_llama(model, n_ctx, "full", 1.0, cache, share_model_with=o)
+        return s
+
+    n_stock = count_sessions(owner, stock_session)
+    print(f"concurrent {depth}-token sequences, stock: {n_stock}", flush=True)
+
+    # one prompt evaluated and compressed, its compressed state loaded into every session
+    first = open_llama(model, n_ctx, method, ratio, cache, share_model_with=owner, n_batch=512)
+    first.eval(prompt_tokens(depth))
+    first.compress()
+    first.eval([1000])  # the first evaluation after compression shrinks the allocation
+    state = first.save_state()
+    s = first.compression_stats()
+    per_session = s["kv_bytes_allocated"]
+    print(f"  one compressed session: KV held {s['kv_bytes'] / 2**20:.0f} MiB, allocated {per_session / 2**20:.0f} MiB",
+          flush=True)
+
+    def compressed_session(o):
+        t = open_llama(model, n_ctx, method, ratio, cache, share_model_with=o, n_batch=512)
+        t.load_state(state)
+        t.eval([1001])  # decodes one token in it: a live sequence, its allocation shrunk
+        return t
+
+    n_ours = 1 + count_sessions(owner, compressed_session)
+    first.close()
+    owner.close()
+    print(f"concurrent {depth}-token sequences, pyuncomp {method} {ratio}: {n_ours} ({n_ours / max(n_stock, 1):.1f}x)",
+          flush=True)
+    return dict(depth=depth, stock=n_stock, method=method, ratio=ratio, pyuncomp=n_ours,
+                kv_allocated_per_session=per_session)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--depths", type=int, nargs="+", default=[8192, 32768, 65536])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
+    ap.add_argument("--method", default="uncomp")
+    ap.add_argument("--cache", choices=sorted(CACHE_TYPES), default="f16")
+    ap.add_argument("--n-gen", type=int, default=128)
+    ap.add_argument("--concurrent-depth", type=int, default=32768, help="0: skip the concurrency count")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    out = {"speed": [], "concurrent": None}
+    for depth in a.depths:
+        out["speed"] += speed_rows(a.model, depth, a.method, a.ratios, a.cache, a.n_gen)
+    if a.concurrent_depth:
+        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.method, min(a.ratios), a.cache)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue #4's GPU benchmark in one run on an H100 machine without network. Here (with network):
+#   bash tools/device_pack.sh        # wheels, the patched llama.cpp tree, synth_gguf.py -> .src/
+# There, from the repository root, with .src carried:
+#   bash benchmarks/run_h100.sh [bench args...]     # e.g. --depths 8192 32768 65536
+# It builds pyuncomp with CUDA, writes a Llama-3-8B-shaped random Q4_0 GGUF and a small one, checks
+# that the CUDA path keeps what the CPU path keeps on the same prompt, then runs benchmarks/cuda_bench.py.
+set -euo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source tools/device_build.sh
+export PYTHONUNBUFFERED=1
+synth() { PYTHONPATH=third_party/llama.cpp/gguf-py:$PYTHONPATH python3 .src/synth_gguf.py "$@" >/dev/null; }
+start=$(date +%s)
+synth /tmp/small.gguf --layers 8 --embd 1024 --ff 2816 --heads 16 --kv-heads 4 --vocab 32000 --ctx 8192
+synth /tmp/llama8b.gguf --ctx 131072
+echo "synthetic models written: $(( $(date +%s) - start )) s"
+
+# CPU path vs CUDA path, same prompt, same random model: tokens kept, entropy, held rows
+for cache in f16 q8_0; do
+    python3 tools/compress_probe.py /tmp/cpu.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers 0
+    python3 tools/compress_probe.py /tmp/cuda.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers -1
+    python3 tools/compress_probe.py --compare /tmp/cpu.npz /tmp/cuda.npz || true
+done
+
+python3 -X faulthandler benchmarks/cuda_bench.py /tmp/llama8b.gguf --json "$OUT/cuda_bench.json" "$@"

@@ -1,0 +1,56 @@
+// The engine's steps that run where the cache lives (CPU or GPU), as small ggml graphs on a backend of
+// the cache's own device: window scoring, key Gram matrices and the compaction of kept rows. Only
+// per-token scores, d×d Gram matrices and cell indices cross to the host; the cached rows never do.
+// Used for caches in device memory, and for host caches when UNCOMP_DEVICE_PATH=1 (tests compare it
+// with the host path on the same cache).
+#pragma once
+
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "ggml-alloc.h"
+
+#include <cstdint>
+#include <vector>
+
+struct uncomp_device {
+    ggml_backend_t backend = nullptr;
+    ggml_gallocr_t galloc  = nullptr;
+
+    explicit uncomp_device(const ggml_tensor * storage);
+    ~uncomp_device();
+    uncomp_device(const uncomp_device &) = delete;
+    uncomp_device & operator=(const uncomp_device &) = delete;
+
+    // Attention mass of the window queries on the tokens each KV head holds: for head h, its n_h held
+    // cells held[h] (position order, the last wq of them are the window's own tokens), the softmax of
+    // scale·q·k over those cells (causal inside the window) summed over the wq window rows and the gqa
+    // query heads of the head. q: [n_head][wq][head_dim] floats in the cached keys' basis. Heads with
+    // no held cells get an empty vector.
+    std::vector<std::vector<float>> attention_mass(
+            ggml_tensor * k_storage, uint32_t stream, int64_t head_dim,
+            const std::vector<std::vector<uint32_t>> & held, const std::vector<float> & q,
+            int64_t wq, int64_t n_head, float scale);
+
+    // Σ z zᵀ over the held cells of each KV head, z = the centred key scaled to unit norm ([head_dim,
+    // head_dim] doubles per head, the spec's entropy before its /n and trace normalisation).
+    std::vector<std::vector<double>> key_gram(
+            ggml_tensor * k_storage, uint32_t stream, int64_t head_dim,
+            const std::vector<std::vector<uint32_t>> & held);
+
+    // Moves, for each KV head h, the rows of cells src[h][i] to cells n_kept - src[h].size() + i (one row
+    // holds every head's slice of head_dim values); false when the storage cannot be moved as 32-bit
+    // words (the caller copies through the host then).
+    bool compact(ggml_tensor * storage, uint32_t stream, int64_t head_dim,
+                 const std::vector<std::vector<uint32_t>> & src, size_t n_kept);
+
+private:
+    ggml_context * begin(size_t n_tensors);
+    // allocates the graph's tensors (inputs are set after this); frees ctx and throws when out of memory
+    void           allocate(ggml_context * ctx, ggml_cgraph * gf);
+};
+
+// the device whose memory holds a cache tensor
+ggml_backend_dev_t uncomp_device_of(const ggml_tensor * storage);
+
+// whether the engine uses uncomp_device for a cache tensor
+bool uncomp_device_wanted(const ggml_tensor * storage);
