@@ -139,13 +139,18 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     out = {"speed": [], "concurrent": None}
+
+    def save():  # after every step: a run cut short keeps what it measured
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=1)
+
     for depth in a.depths:
         out["speed"] += speed_rows(a.model, depth, a.method, a.ratios, a.cache, a.n_gen)
+        save()
     if a.concurrent_depth:
         out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.method, min(a.ratios), a.cache)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        save()
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 
+import pyuncomp  # first: it loads pyuncomp's libllama (numpy first crashed on the GPU image)  # noqa: I001
+
 import numpy as np
 
 
 def probe(args):
-    import pyuncomp  # first: it loads pyuncomp's libllama
-
     cache = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8, "flash_attn": True}}[args.cache]
     llm = pyuncomp.Llama(pyuncomp.resolve_model(args.model), n_ctx=4096, method=args.method, ratio=0.1,
                          n_gpu_layers=args.n_gpu_layers, shrink_cache=False, seed=0, verbose=False, **cache)
