@@ -28,8 +28,8 @@ def prompt_tokens(n):
     return [1] + [(7 * i) % 31000 + 100 for i in range(n - 1)]
 
 
-def open_llama(model, n_ctx, method, ratio, cache, **extra):
-    return pyuncomp.Llama(model, n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_gpu_layers=-1, flash_attn=True,
+def open_llama(model, n_ctx, method, ratio, cache, n_batch=2048, **extra):
+    return pyuncomp.Llama(model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=512, n_gpu_layers=-1, flash_attn=True,
                           method=method, ratio=ratio, auto_compress=False, verbose=False,
                           **CACHE_TYPES[cache], **extra)
 
@@ -90,15 +90,14 @@ def count_sessions(owner, open_session, limit=1000):
     return n
 
 
-def concurrent_rows(model, depth, method, ratio, cache):
+def concurrent_rows(model, depth, method, ratio, cache, limit):
     owner = open_llama(model, 512, "full", 1.0, cache)  # holds the weights, with a small context
     n_ctx = depth + 512
 
     def stock_session(o):
-        s = open_llama(model, n_ctx, "full", 1.0, cache, share_model_with=o)
-        return s
+        return open_llama(model, n_ctx, "full", 1.0, cache, share_model_with=o)
 
-    n_stock = count_sessions(owner, stock_session)
+    n_stock = count_sessions(owner, stock_session, limit)
     print(f"concurrent {depth}-token sequences, stock: {n_stock}", flush=True)
 
     # one prompt evaluated and compressed, its compressed state loaded into every session
@@ -118,7 +117,7 @@ def concurrent_rows(model, depth, method, ratio, cache):
         t.eval([1001])  # decodes one token in it: a live sequence, its allocation shrunk
         return t
 
-    n_ours = 1 + count_sessions(owner, compressed_session)
+    n_ours = 1 + count_sessions(owner, compressed_session, limit - 1)
     first.close()
     owner.close()
     print(f"concurrent {depth}-token sequences, pyuncomp {method} {ratio}: {n_ours} ({n_ours / max(n_stock, 1):.1f}x)",
@@ -136,6 +135,7 @@ def main():
     ap.add_argument("--cache", choices=sorted(CACHE_TYPES), default="f16")
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--concurrent-depth", type=int, default=32768, help="0: skip the concurrency count")
+    ap.add_argument("--max-sessions", type=int, default=1000, help="stop counting there (a CPU run would fill RAM)")
     ap.add_argument("--json")
     a = ap.parse_args()
     out = {"speed": [], "concurrent": None}
@@ -149,7 +149,8 @@ def main():
         out["speed"] += speed_rows(a.model, depth, a.method, a.ratios, a.cache, a.n_gen)
         save()
     if a.concurrent_depth:
-        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.method, min(a.ratios), a.cache)
+        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.method, min(a.ratios), a.cache,
+                                            a.max_sessions)
         save()
 
 
