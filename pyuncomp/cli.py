@@ -1,4 +1,4 @@
-"""The ``pyuncomp`` command: generate, chat and evaluate on a GGUF model with a compressed KV cache."""
+"""The ``pyuncomp`` command: generate, chat, evaluate and serve a GGUF model with a compressed KV cache."""
 
 from __future__ import annotations
 
@@ -87,6 +87,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"port: must be in [0, 65535], got {args.port}")
+    try:
+        import uvicorn
+        from llama_cpp.server.settings import ModelSettings
+
+        from .server import create_app
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"serve needs the server extra, pip install 'pyuncomp[server]' ({e})") from e
+
+    model = args.model or models.DEFAULT_MODEL
+    threads = {} if args.threads is None else {"n_threads": args.threads, "n_threads_batch": args.threads}
+    settings = ModelSettings(model=str(models.resolve(model)), model_alias=model, n_ctx=args.n_ctx,
+                             n_gpu_layers=args.n_gpu_layers, verbose=args.verbose, **threads)
+    app = create_app(settings, ratio=args.ratio, method=args.method)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyuncomp", description="UNComp KV-cache compression for llama.cpp GGUF models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama-cpp-python's) on the compressed model",
+                           description="Serves /v1/completions, /v1/chat/completions and /v1/models. A request "
+                                       "may carry \"compression\": {\"ratio\": 0.1, \"method\": \"snapkv\"} to "
+                                       "change the settings for that request; non-streamed responses report the "
+                                       "cache in usage.compression.")
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
