@@ -22,4 +22,15 @@ for cache in f16 q8_0; do
     python3 tools/compress_probe.py --compare /tmp/cpu.npz /tmp/cuda.npz || true
 done
 
+# where the scheduler puts the attention of a compressed (per-head) layer during decode
+GGML_SCHED_DEBUG=2 python3 - >/tmp/sched.log 2>&1 <<'PY' || true
+import pyuncomp
+llm = pyuncomp.Llama("/tmp/small.gguf", n_ctx=4096, n_gpu_layers=-1, flash_attn=True, ratio=0.1, verbose=True)
+llm.eval([1] + list(range(100, 2147)))
+llm.eval([500])
+llm.eval([501])
+PY
+echo "attention ops of the last decode graph, by backend:"
+grep -E "FLASH_ATTN_EXT|SPLIT" /tmp/sched.log | tail -40 | grep -oE "FLASH_ATTN_EXT.*|## SPLIT #[0-9]+: [A-Za-z0-9_]+" | sort | uniq -c | head -20
+
 python3 -X faulthandler benchmarks/cuda_bench.py /tmp/llama8b.gguf --json "$OUT/cuda_bench.json" "$@"

@@ -171,10 +171,17 @@ class Llama(llama_cpp.Llama):
         self._ensure_cells(len(tokens))
         if len(tokens) <= 1:
             return super().eval(tokens)
+        # only the chunks holding the last `window` tokens are observed: observing makes the scheduler
+        # hand each layer's queries over, a sync per layer and ubatch. The parent evaluates in chunks
+        # of n_batch from the first token, so the split keeps its chunks (and so its arithmetic).
+        tokens = list(tokens)
+        split = max(0, len(tokens) - self.compression.window) // self.n_batch * self.n_batch
+        if split > 0:
+            super().eval(tokens[:split])
         ctx = self._ctx_ptr()
         _check(lib.llama_uncomp_observe(ctx, True))
         try:
-            super().eval(tokens)
+            super().eval(tokens[split:])
         finally:
             lib.llama_uncomp_observe(ctx, False)
         if self.auto_compress:
@@ -260,7 +267,7 @@ class Llama(llama_cpp.Llama):
         compressible = [s for s in stats if not s["is_swa"]]
         layers = [LayerInfo(il=s["il"], n_head_kv=s["n_head_kv"]) for s in compressible]
         if self.policy.needs_entropy:
-            self._entropy = [self._key_entropy(s["il"], s["n_head_kv"], 32, seq_id) for s in compressible]
+            self._entropy = [e for s, e in zip(stats, self._key_entropy(stats, 32, seq_id)) if not s["is_swa"]]
             layers = [LayerInfo(layer.il, layer.n_head_kv, e) for layer, e in zip(layers, self._entropy)]
         held = max(s["n_cells"] for s in compressible)
         held_per_head = [self._tokens_kept(s["il"], s["n_head_kv"], seq_id) for s in compressible]
@@ -276,10 +283,11 @@ class Llama(llama_cpp.Llama):
         _check(lib.llama_uncomp_tokens_kept(self._ctx_ptr(), seq_id, layer, ffi.cast("int32_t *", out.ctypes.data), n_head_kv))
         return out
 
-    def _key_entropy(self, layer: int, n_head_kv: int, k: int, seq_id: int) -> np.ndarray:
-        out = np.empty(n_head_kv, dtype=np.float32)
-        _check(lib.llama_uncomp_key_entropy(self._ctx_ptr(), seq_id, layer, k, ffi.cast("float *", out.ctypes.data), n_head_kv))
-        return out
+    def _key_entropy(self, stats: list, k: int, seq_id: int) -> list:
+        """Each cache layer's KV-head key entropies (one native call for all layers)."""
+        out = np.empty(sum(s["n_head_kv"] for s in stats), dtype=np.float32)
+        _check(lib.llama_uncomp_key_entropy(self._ctx_ptr(), seq_id, k, ffi.cast("float *", out.ctypes.data), out.size))
+        return np.split(out, np.cumsum([s["n_head_kv"] for s in stats])[:-1])
 
     def save_state(self):
         """Saves the state like the parent, with the compressed cache's per-head layout and the
@@ -377,10 +385,7 @@ class Llama(llama_cpp.Llama):
     def entropy_profile(self, k: int = 32, seq_id: int = 0) -> list:
         """Truncated matrix entropy (top ``k`` eigenvalues, normalised by log(head_dim)) of each KV
         head's cached keys, one list per cache layer: the uncertainty UNComp splits budgets by."""
-        profile = []
-        for s in self._layer_stats(seq_id):
-            profile.append([float(v) for v in self._key_entropy(s["il"], s["n_head_kv"], k, seq_id)])
-        return profile
+        return [[float(v) for v in e] for e in self._key_entropy(self._layer_stats(seq_id), k, seq_id)]
 
     def compression_stats(self, seq_id: int = 0) -> dict:
         """What the KV cache of sequence ``seq_id`` holds now.

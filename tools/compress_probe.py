@@ -18,7 +18,7 @@ import numpy as np
 
 def probe(args):
     cache = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8, "flash_attn": True}}[args.cache]
-    llm = pyuncomp.Llama(pyuncomp.resolve_model(args.model), n_ctx=4096, method=args.method, ratio=0.1,
+    llm = pyuncomp.Llama(pyuncomp.resolve_model(args.model), n_ctx=8192, method=args.method, ratio=0.1,
                          n_gpu_layers=args.n_gpu_layers, shrink_cache=False, seed=0, verbose=False, **cache)
     prompt = ("The quick brown fox jumps over the lazy dog. " * 60 + "The secret number is 48213. "
               + "Grass is green and the sky is blue. " * 60 + "What is the secret number? The secret number is")

@@ -10,6 +10,8 @@ tar xzf .src/llama_cpp_py.tgz -C "$SITE"
 tar xzf .src/llama-src.tgz -C third_party       # the patched tree, stamped: no fetch needed
 export PYTHONPATH=$SITE
 start=$(date +%s)
+# a warm machine keeps the last build: PYUNCOMP_REUSE_BUILD=1 skips it (Python-only changes in tools/)
+[ "${PYUNCOMP_REUSE_BUILD:-0}" = 1 ] && [ -e "$SITE/pyuncomp/lib/libggml-cuda.so" ] && { echo "reusing the build in $SITE"; return 0; }
 CMAKE_BUILD_PARALLEL_LEVEL=16 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90a" \
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" . 2>&1 | tail -5
 echo "CUDA configure+build+install: $(( $(date +%s) - start )) s"

@@ -83,15 +83,16 @@ LLAMA_API int32_t llama_uncomp_read_keys(
                            float * out,
                          int64_t   n_max);
 
-// Truncated matrix entropy (uncomp-spec section 1) of each KV head's keys of layer il for seq_id:
-// out[h], h < n_head_kv; k_trunc <= 0 keeps every eigenvalue. Returns n_head_kv or < 0.
+// Truncated matrix entropy (uncomp-spec section 1) of each KV head's keys for seq_id, for every cache
+// layer as llama_uncomp_layer_stats lists them (n_head_kv values each, sliding-window layers too);
+// k_trunc <= 0 keeps every eigenvalue. The layers on one device are done in one pass. Returns the
+// number of values (n_max too small: LLAMA_UNCOMP_ERR_PARAMS) or < 0.
 LLAMA_API int32_t llama_uncomp_key_entropy(
         const struct llama_context * ctx,
                     llama_seq_id   seq_id,
-                         int32_t   il,
                          int32_t   k_trunc,
                            float * out,
-                         int32_t   n_max);
+                         int64_t   n_max);
 
 //
 // Compression engine. Attach parameters to a context, observe the prompt's evaluation (it records

@@ -74,130 +74,163 @@ void uncomp_device::allocate(ggml_context * ctx, ggml_cgraph * gf) {
     }
 }
 
-std::vector<std::vector<float>> uncomp_device::attention_mass(
-        ggml_tensor * k_storage, uint32_t stream, int64_t head_dim,
-        const std::vector<std::vector<uint32_t>> & held, const std::vector<float> & q,
-        int64_t wq, int64_t n_head, float scale) {
-    const int64_t n_head_kv = (int64_t) held.size();
-    const int64_t gqa       = n_head / n_head_kv;
-    ggml_context * ctx = begin(16 * n_head_kv + 16);
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 16 * n_head_kv + 16, false);
-    // q: [head_dim, wq, n_head]; the query heads of KV head h are [h*gqa, (h+1)*gqa)
-    ggml_tensor * q_in = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim, wq, n_head);
-    ggml_set_input(q_in);
-    std::vector<ggml_tensor *> idx(n_head_kv, nullptr), mass(n_head_kv, nullptr);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        const int64_t n_h = (int64_t) held[h].size();
-        if (n_h == 0) {
-            continue;
+namespace {
+
+size_t n_heads_in(const std::vector<uncomp_head_cells> & jobs) {
+    size_t n = 0;
+    for (const auto & j : jobs) n += j.cells.size();
+    return n;
+}
+
+// the cell indices of every head of every job, uploaded after allocation
+struct cell_inputs {
+    std::vector<std::pair<ggml_tensor *, const std::vector<uint32_t> *>> inputs;
+    ggml_tensor * add(ggml_context * ctx, const std::vector<uint32_t> & cells) {
+        ggml_tensor * idx = cell_index(ctx, cells);
+        inputs.emplace_back(idx, &cells);
+        return idx;
+    }
+    void upload() const {
+        for (const auto & [t, cells] : inputs) ggml_backend_tensor_set(t, cells->data(), 0, ggml_nbytes(t));
+    }
+};
+
+} // namespace
+
+std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const std::vector<uncomp_score_job> & jobs) {
+    size_t n_heads = 0;
+    for (const auto & j : jobs) n_heads += j.keys.cells.size();
+    const size_t n_nodes = 16 * n_heads + 4 * jobs.size() + 16;
+    ggml_context * ctx = begin(n_nodes);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
+    cell_inputs cells;
+    std::vector<ggml_tensor *> q_in(jobs.size());
+    std::vector<std::vector<ggml_tensor *>> mass(jobs.size());
+    for (size_t l = 0; l < jobs.size(); ++l) {
+        const auto & j = jobs[l];
+        const int64_t n_head_kv = (int64_t) j.keys.cells.size();
+        const int64_t gqa       = j.n_head / n_head_kv;
+        const int64_t head_dim  = j.keys.head_dim;
+        // q: [head_dim, wq, n_head]; the query heads of KV head h are [h*gqa, (h+1)*gqa)
+        q_in[l] = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim, j.wq, j.n_head);
+        ggml_set_input(q_in[l]);
+        mass[l].assign(n_head_kv, nullptr);
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            const int64_t n_h = (int64_t) j.keys.cells[h].size();
+            if (n_h == 0) {
+                continue;
+            }
+            ggml_tensor * k  = ggml_get_rows(ctx, head_rows(ctx, j.keys.storage, j.keys.stream, head_dim, h),
+                                             cells.add(ctx, j.keys.cells[h]));                          // [head_dim, n_h] f32
+            ggml_tensor * qg = ggml_view_3d(ctx, q_in[l], head_dim, j.wq, gqa, q_in[l]->nb[1], q_in[l]->nb[2],
+                                            h * gqa * q_in[l]->nb[2]);
+            ggml_tensor * kq = ggml_mul_mat(ctx, k, qg);                           // [n_h, wq, gqa]
+            kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n_h - j.wq));          // window row t sees cells < n_h - wq + t + 1
+            kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
+            kq = ggml_cont(ctx, ggml_permute(ctx, kq, 2, 0, 1, 3));               // [wq, gqa, n_h]
+            mass[l][h] = ggml_sum_rows(ctx, ggml_reshape_2d(ctx, kq, j.wq * gqa, n_h)); // [1, n_h]
+            ggml_set_output(mass[l][h]);
+            ggml_build_forward_expand(gf, mass[l][h]);
         }
-        idx[h] = cell_index(ctx, held[h]);
-        ggml_tensor * k  = ggml_get_rows(ctx, head_rows(ctx, k_storage, stream, head_dim, h), idx[h]); // [head_dim, n_h] f32
-        ggml_tensor * qg = ggml_view_3d(ctx, q_in, head_dim, wq, gqa, q_in->nb[1], q_in->nb[2], h * gqa * q_in->nb[2]);
-        ggml_tensor * kq = ggml_mul_mat(ctx, k, qg);                               // [n_h, wq, gqa]
-        kq = ggml_diag_mask_inf(ctx, kq, (int) (n_h - wq));                        // window row t sees cells < n_h - wq + t + 1
-        kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
-        kq = ggml_cont(ctx, ggml_permute(ctx, kq, 2, 0, 1, 3));                   // [wq, gqa, n_h]
-        mass[h] = ggml_sum_rows(ctx, ggml_reshape_2d(ctx, kq, wq * gqa, n_h)); // [1, n_h]
-        ggml_set_output(mass[h]);
-        ggml_build_forward_expand(gf, mass[h]);
     }
     allocate(ctx, gf);
-    // q arrives as [n_head][wq][head_dim]: already q_in's layout
-    ggml_backend_tensor_set(q_in, q.data(), 0, ggml_nbytes(q_in));
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (idx[h]) {
-            ggml_backend_tensor_set(idx[h], held[h].data(), 0, ggml_nbytes(idx[h]));
-        }
+    for (size_t l = 0; l < jobs.size(); ++l) {
+        ggml_backend_tensor_set(q_in[l], jobs[l].q.data(), 0, ggml_nbytes(q_in[l]));
     }
+    cells.upload();
     ggml_backend_graph_compute(backend, gf);
-    std::vector<std::vector<float>> out(n_head_kv);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (mass[h]) {
-            out[h].resize(held[h].size());
-            ggml_backend_tensor_get(mass[h], out[h].data(), 0, ggml_nbytes(mass[h]));
+    std::vector<std::vector<std::vector<float>>> out(jobs.size());
+    for (size_t l = 0; l < jobs.size(); ++l) {
+        out[l].resize(mass[l].size());
+        for (size_t h = 0; h < mass[l].size(); ++h) {
+            if (mass[l][h]) {
+                out[l][h].resize(jobs[l].keys.cells[h].size());
+                ggml_backend_tensor_get(mass[l][h], out[l][h].data(), 0, ggml_nbytes(mass[l][h]));
+            }
         }
     }
     ggml_free(ctx);
     return out;
 }
 
-std::vector<std::vector<double>> uncomp_device::key_gram(
-        ggml_tensor * k_storage, uint32_t stream, int64_t head_dim,
-        const std::vector<std::vector<uint32_t>> & held) {
-    const int64_t n_head_kv = (int64_t) held.size();
-    ggml_context * ctx = begin(16 * n_head_kv + 16);
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 16 * n_head_kv + 16, false);
-    std::vector<ggml_tensor *> idx(n_head_kv, nullptr), gram(n_head_kv, nullptr);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        const int64_t n_h = (int64_t) held[h].size();
-        if (n_h == 0) {
-            continue;
+std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
+    const size_t n_nodes = 16 * n_heads_in(jobs) + 16;
+    ggml_context * ctx = begin(n_nodes);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
+    cell_inputs cells;
+    std::vector<std::vector<ggml_tensor *>> gram(jobs.size());
+    for (size_t l = 0; l < jobs.size(); ++l) {
+        const auto & j = jobs[l];
+        const int64_t head_dim = j.head_dim;
+        gram[l].assign(j.cells.size(), nullptr);
+        for (size_t h = 0; h < j.cells.size(); ++h) {
+            if (j.cells[h].empty()) {
+                continue;
+            }
+            ggml_tensor * k    = ggml_get_rows(ctx, head_rows(ctx, j.storage, j.stream, head_dim, (int64_t) h),
+                                               cells.add(ctx, j.cells[h]));                            // [head_dim, n_h]
+            ggml_tensor * mean = ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, k)));                  // [1, head_dim]
+            ggml_tensor * z    = ggml_sub(ctx, k, ggml_reshape_2d(ctx, mean, head_dim, 1));
+            // unit rows: rms_norm gives rms 1, i.e. norm sqrt(head_dim); a zero row stays zero
+            z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
+            ggml_tensor * zt = ggml_cont(ctx, ggml_transpose(ctx, z));                                    // [n_h, head_dim]
+            gram[l][h] = ggml_mul_mat(ctx, zt, zt);                                                      // [head_dim, head_dim]
+            ggml_set_output(gram[l][h]);
+            ggml_build_forward_expand(gf, gram[l][h]);
         }
-        idx[h] = cell_index(ctx, held[h]);
-        ggml_tensor * k    = ggml_get_rows(ctx, head_rows(ctx, k_storage, stream, head_dim, h), idx[h]); // [head_dim, n_h]
-        ggml_tensor * mean = ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, k)));                      // [1, head_dim]
-        ggml_tensor * z    = ggml_sub(ctx, k, ggml_reshape_2d(ctx, mean, head_dim, 1));
-        // unit rows: rms_norm gives rms 1, i.e. norm sqrt(head_dim); a zero row stays zero
-        z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
-        ggml_tensor * zt = ggml_cont(ctx, ggml_transpose(ctx, z));                                        // [n_h, head_dim]
-        gram[h] = ggml_mul_mat(ctx, zt, zt);                                                             // [head_dim, head_dim]
-        ggml_set_output(gram[h]);
-        ggml_build_forward_expand(gf, gram[h]);
     }
     allocate(ctx, gf);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (idx[h]) {
-            ggml_backend_tensor_set(idx[h], held[h].data(), 0, ggml_nbytes(idx[h]));
-        }
-    }
+    cells.upload();
     ggml_backend_graph_compute(backend, gf);
-    std::vector<std::vector<double>> out(n_head_kv);
-    std::vector<float> g(head_dim * head_dim);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (gram[h]) {
-            ggml_backend_tensor_get(gram[h], g.data(), 0, ggml_nbytes(gram[h]));
-            out[h].assign(g.begin(), g.end());
+    std::vector<std::vector<std::vector<double>>> out(jobs.size());
+    for (size_t l = 0; l < jobs.size(); ++l) {
+        out[l].resize(gram[l].size());
+        for (size_t h = 0; h < gram[l].size(); ++h) {
+            if (gram[l][h]) {
+                std::vector<float> g(ggml_nelements(gram[l][h]));
+                ggml_backend_tensor_get(gram[l][h], g.data(), 0, ggml_nbytes(gram[l][h]));
+                out[l][h].assign(g.begin(), g.end());
+            }
         }
     }
     ggml_free(ctx);
     return out;
 }
 
-bool uncomp_device::compact(ggml_tensor * storage, uint32_t stream, int64_t head_dim,
-                            const std::vector<std::vector<uint32_t>> & src, size_t n_kept) {
-    const size_t head_bytes = ggml_row_size(storage->type, head_dim);
-    if (head_bytes % 4 != 0 || storage->nb[1] % 4 != 0 || storage->nb[2] % 4 != 0) {
-        return false;
-    }
-    const int64_t n_head_kv = (int64_t) src.size();
-    ggml_context * ctx = begin(8 * n_head_kv + 8);
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 8 * n_head_kv + 8, false);
-    // the storage seen as 32-bit words, so that rows move bit for bit whatever their type
-    ggml_tensor * words = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, storage->nb[1] / 4, storage->ne[1], storage->ne[2]);
-    words->data   = storage->data;
-    words->buffer = storage->buffer;
-    const int64_t head_words = (int64_t) head_bytes / 4;
-    std::vector<ggml_tensor *> idx(n_head_kv, nullptr);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (src[h].empty()) {
-            continue;
+bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t n_kept) {
+    for (const auto & j : jobs) {
+        const size_t head_bytes = ggml_row_size(j.storage->type, j.head_dim);
+        if (head_bytes % 4 != 0 || j.storage->nb[1] % 4 != 0 || j.storage->nb[2] % 4 != 0) {
+            return false;
         }
-        // a head's rows are gathered into a buffer, then written: its destinations overlap its sources;
-        // heads occupy disjoint words of a row, so one head's writes never touch another's sources
-        idx[h] = cell_index(ctx, src[h]);
-        ggml_tensor * rows = ggml_get_rows(ctx, head_rows(ctx, words, stream, head_words, h), idx[h]); // [head_words, n_h]
-        const size_t first = n_kept - src[h].size();
-        ggml_tensor * dst = ggml_view_2d(ctx, words, head_words, (int64_t) src[h].size(), words->nb[1],
-                                         stream * words->nb[2] + h * head_bytes + first * words->nb[1]);
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, rows, dst));
+    }
+    const size_t n_nodes = 8 * n_heads_in(jobs) + 2 * jobs.size() + 8;
+    ggml_context * ctx = begin(n_nodes);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
+    cell_inputs cells;
+    for (const auto & j : jobs) {
+        // the storage seen as 32-bit words, so that rows move bit for bit whatever their type
+        ggml_tensor * words = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, j.storage->nb[1] / 4, j.storage->ne[1], j.storage->ne[2]);
+        words->data   = j.storage->data;
+        words->buffer = j.storage->buffer;
+        const size_t  head_bytes = ggml_row_size(j.storage->type, j.head_dim);
+        const int64_t head_words = (int64_t) head_bytes / 4;
+        for (size_t h = 0; h < j.cells.size(); ++h) {
+            if (j.cells[h].empty()) {
+                continue;
+            }
+            // a head's rows are gathered into a buffer, then written: its destinations overlap its sources;
+            // heads occupy disjoint words of a row, so one head's writes never touch another's sources
+            ggml_tensor * rows = ggml_get_rows(ctx, head_rows(ctx, words, j.stream, head_words, (int64_t) h),
+                                               cells.add(ctx, j.cells[h]));                             // [head_words, n_h]
+            const size_t first = n_kept - j.cells[h].size();
+            ggml_tensor * dst = ggml_view_2d(ctx, words, head_words, (int64_t) j.cells[h].size(), words->nb[1],
+                                             j.stream * words->nb[2] + h * head_bytes + first * words->nb[1]);
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, rows, dst));
+        }
     }
     allocate(ctx, gf);
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (idx[h]) {
-            ggml_backend_tensor_set(idx[h], src[h].data(), 0, ggml_nbytes(idx[h]));
-        }
-    }
+    cells.upload();
     ggml_backend_graph_compute(backend, gf);
     ggml_free(ctx);
     return true;

@@ -12,6 +12,23 @@
 #include <cstdint>
 #include <vector>
 
+// some KV heads' cells of one cache layer: storage [n_embd, kv_size, n_stream] (K, or V untransposed)
+struct uncomp_head_cells {
+    ggml_tensor * storage;
+    uint32_t      stream;
+    int64_t       head_dim;
+    std::vector<std::vector<uint32_t>> cells; // per KV head, empty: not part of the step
+};
+
+// window queries of one layer against its heads' cells
+struct uncomp_score_job {
+    uncomp_head_cells  keys;
+    std::vector<float> q;      // [n_head][wq][head_dim], in the cached keys' basis
+    int64_t            wq;
+    int64_t            n_head;
+    float              scale;
+};
+
 struct uncomp_device {
     ggml_backend_t backend = nullptr;
     ggml_gallocr_t galloc  = nullptr;
@@ -21,27 +38,22 @@ struct uncomp_device {
     uncomp_device(const uncomp_device &) = delete;
     uncomp_device & operator=(const uncomp_device &) = delete;
 
-    // Attention mass of the window queries on the tokens each KV head holds: for head h, its n_h held
-    // cells held[h] (position order, the last wq of them are the window's own tokens), the softmax of
+    // Each step takes the KV heads of several cache layers and runs them in one graph.
+
+    // Attention mass of the window queries on the tokens each KV head holds: for head h of a layer, its
+    // n_h held cells (position order, the last wq of them are the window's own tokens), the softmax of
     // scale·q·k over those cells (causal inside the window) summed over the wq window rows and the gqa
-    // query heads of the head. q: [n_head][wq][head_dim] floats in the cached keys' basis. Heads with
-    // no held cells get an empty vector.
-    std::vector<std::vector<float>> attention_mass(
-            ggml_tensor * k_storage, uint32_t stream, int64_t head_dim,
-            const std::vector<std::vector<uint32_t>> & held, const std::vector<float> & q,
-            int64_t wq, int64_t n_head, float scale);
+    // query heads of the head. Heads with no cells get an empty vector.
+    std::vector<std::vector<std::vector<float>>> attention_mass(const std::vector<uncomp_score_job> & jobs);
 
-    // Σ z zᵀ over the held cells of each KV head, z = the centred key scaled to unit norm ([head_dim,
+    // Σ z zᵀ over the cells of each KV head, z = the centred key scaled to unit norm ([head_dim,
     // head_dim] doubles per head, the spec's entropy before its /n and trace normalisation).
-    std::vector<std::vector<double>> key_gram(
-            ggml_tensor * k_storage, uint32_t stream, int64_t head_dim,
-            const std::vector<std::vector<uint32_t>> & held);
+    std::vector<std::vector<std::vector<double>>> key_gram(const std::vector<uncomp_head_cells> & jobs);
 
-    // Moves, for each KV head h, the rows of cells src[h][i] to cells n_kept - src[h].size() + i (one row
-    // holds every head's slice of head_dim values); false when the storage cannot be moved as 32-bit
-    // words (the caller copies through the host then).
-    bool compact(ggml_tensor * storage, uint32_t stream, int64_t head_dim,
-                 const std::vector<std::vector<uint32_t>> & src, size_t n_kept);
+    // Moves, for each job and KV head h, the rows of cells cells[h][i] to n_kept - cells[h].size() + i
+    // (a row holds every head's slice of head_dim values); false, with nothing moved, when a storage
+    // cannot be moved as 32-bit words (the caller copies through the host then).
+    bool compact(const std::vector<uncomp_head_cells> & jobs, size_t n_kept);
 
 private:
     ggml_context * begin(size_t n_tensors);

@@ -438,48 +438,87 @@ void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
     ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
 }
 
-// Window attention mass (attention_mass) of the heads of layer il with tokens in scored[h] (indices
-// into cells/pos; empty: not scored), computed where the layer's keys live.
-std::vector<std::vector<float>> window_mass(uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp,
-                                            uint32_t il, uint32_t stream, const std::vector<uint32_t> & cells,
-                                            const std::vector<llama_pos> & pos,
-                                            const std::vector<std::vector<uint32_t>> & scored) {
-    ggml_tensor * k_storage = kv->get_k_storage(il);
-    const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
-    const int64_t n_head_kv = (int64_t) scored.size();
-    std::vector<std::vector<float>> mass(n_head_kv);
-    if (uncomp_device_wanted(k_storage)) {
-        const int64_t wq = (int64_t) window_q.size();
-        const int64_t n_head = hp.n_head(il), head_dim = hp.n_embd_head_k(il);
-        std::vector<std::vector<uint32_t>> scored_cells(n_head_kv);
-        for (int64_t h = 0; h < n_head_kv; ++h) {
-            for (uint32_t i : scored[h]) scored_cells[h].push_back(cells[i]);
+// Window attention mass (attention_mass) of every layer's heads with tokens in scored[li][h] (indices
+// into cells/pos; empty: not scored), computed where each layer's keys live: the layers of one device
+// in one graph.
+std::vector<std::vector<std::vector<float>>> window_masses(
+        uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp, const std::vector<uint32_t> & layer_ids,
+        uint32_t stream, const std::vector<uint32_t> & cells, const std::vector<llama_pos> & pos,
+        const std::vector<std::vector<std::vector<uint32_t>>> & scored) {
+    std::vector<std::vector<std::vector<float>>> mass(layer_ids.size());
+    std::map<ggml_backend_dev_t, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>> on_device;
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const uint32_t il = layer_ids[li];
+        const int64_t n_head_kv = (int64_t) scored[li].size();
+        mass[li].resize(n_head_kv);
+        if (std::all_of(scored[li].begin(), scored[li].end(), [](const auto & c) { return c.empty(); })) {
+            continue;
         }
-        std::vector<float> q(n_head * wq * head_dim); // [n_head][wq][head_dim]
-        for (int64_t t = 0; t < wq; ++t) {
-            for (int64_t qh = 0; qh < n_head; ++qh) {
-                std::copy_n(&window_q[t][qh * head_dim], head_dim, &q[(qh * wq + t) * head_dim]);
+        ggml_tensor * k_storage = kv->get_k_storage(il);
+        const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
+        if (uncomp_device_wanted(k_storage)) {
+            uncomp_score_job job;
+            job.keys = { k_storage, stream, hp.n_embd_head_k(il), std::vector<std::vector<uint32_t>>(n_head_kv) };
+            for (int64_t h = 0; h < n_head_kv; ++h) {
+                for (uint32_t i : scored[li][h]) job.keys.cells[h].push_back(cells[i]);
+            }
+            job.wq = (int64_t) window_q.size();
+            job.n_head = hp.n_head(il);
+            job.scale = attention_scale(hp, il);
+            const int64_t head_dim = job.keys.head_dim;
+            job.q.resize(job.n_head * job.wq * head_dim); // [n_head][wq][head_dim]
+            for (int64_t t = 0; t < job.wq; ++t) {
+                for (int64_t qh = 0; qh < job.n_head; ++qh) {
+                    std::copy_n(&window_q[t][qh * head_dim], head_dim, &job.q[(qh * job.wq + t) * head_dim]);
+                }
+            }
+            auto & group = on_device[uncomp_device_of(k_storage)];
+            group.first.push_back(li);
+            group.second.push_back(std::move(job));
+            continue;
+        }
+        const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            if (!scored[li][h].empty()) {
+                mass[li][h] = attention_mass(window_q, hp, il, h, k, pos, scored[li][h]);
             }
         }
-        return device_of(st, k_storage).attention_mass(k_storage, stream, head_dim, scored_cells, q, wq, n_head,
-                                                       attention_scale(hp, il));
     }
-    const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
-    for (int64_t h = 0; h < n_head_kv; ++h) {
-        if (!scored[h].empty()) {
-            mass[h] = attention_mass(window_q, hp, il, h, k, pos, scored[h]);
+    for (auto & [dev, group] : on_device) {
+        auto res = device_of(st, group.second[0].keys.storage).attention_mass(group.second);
+        for (size_t i = 0; i < res.size(); ++i) {
+            mass[group.first[i]] = std::move(res[i]);
         }
     }
     return mass;
 }
 
-// compact_storage, on the storage's device when it can
-void compact(uncomp_state & st, ggml_tensor * storage, uint32_t stream, bool transposed, int64_t head_dim,
-             const std::vector<std::vector<uint32_t>> & src, size_t n_kept) {
-    if (!transposed && uncomp_device_wanted(storage) && device_of(st, storage).compact(storage, stream, head_dim, src, n_kept)) {
-        return;
+// compact_storage for the K and V storage of every layer, src[li][h] the cells head h keeps: on each
+// storage's device when it can (one graph per device), else through the host
+void compact_layers(uncomp_state & st, llama_kv_cache * kv, const llama_hparams & hp, const std::vector<uint32_t> & layer_ids,
+                    uint32_t stream, const std::vector<std::vector<std::vector<uint32_t>>> & src, size_t n_kept) {
+    std::map<ggml_backend_dev_t, std::vector<uncomp_head_cells>> on_device;
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const uint32_t il = layer_ids[li];
+        const std::pair<ggml_tensor *, int64_t> k_and_v[2] = {
+            { kv->get_k_storage(il), hp.n_embd_head_k(il) }, { kv->get_v_storage(il), hp.n_embd_head_v(il) } };
+        for (int i = 0; i < 2; ++i) {
+            const auto [storage, head_dim] = k_and_v[i];
+            const bool transposed = i == 1 && kv->get_v_trans();
+            if (!transposed && uncomp_device_wanted(storage)) {
+                on_device[uncomp_device_of(storage)].push_back({ storage, stream, head_dim, src[li] });
+            } else {
+                compact_storage(storage, stream, transposed, head_dim, (int64_t) src[li].size(), src[li], n_kept);
+            }
+        }
     }
-    compact_storage(storage, stream, transposed, head_dim, (int64_t) src.size(), src, n_kept);
+    for (auto & [dev, jobs] : on_device) {
+        if (!device_of(st, jobs[0].storage).compact(jobs, n_kept)) {
+            for (const auto & j : jobs) {
+                compact_storage(j.storage, stream, false, j.head_dim, (int64_t) j.cells.size(), j.cells, n_kept);
+            }
+        }
+    }
 }
 
 // Evicts tokens of seq_id so that KV head h of cache layer i keeps budget[i][h] tokens (clamped to
@@ -518,86 +557,89 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     std::vector<std::vector<std::vector<uint32_t>>> kept(layer_ids.size());
     size_t n_kept = 0;
     bool evicts = false;
+    // per layer and head: the tokens it holds, how many it keeps, and those scored (heads that evict by score)
+    std::vector<std::vector<std::vector<uint32_t>>> held(layer_ids.size()), scored(layer_ids.size());
+    std::vector<std::vector<int64_t>> keep(layer_ids.size());
     for (size_t li = 0; li < layer_ids.size(); ++li) {
         const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = hp.n_head_kv(il);
         const std::vector<uint32_t> start = uncomp_layout_get(kv, (int32_t) il, stream);
         const int64_t wq = (int64_t) st.window_q[il].size();
-        // per head: the tokens it holds and how many of them it keeps; the heads that evict by score
-        std::vector<std::vector<uint32_t>> held(n_head_kv), scored(n_head_kv);
-        std::vector<int64_t> keep(n_head_kv);
-        bool any_scored = false;
+        held[li].resize(n_head_kv);
+        scored[li].resize(n_head_kv);
+        keep[li].resize(n_head_kv);
         for (int64_t h = 0; h < n_head_kv; ++h) {
             for (int64_t i = 0; i < n; ++i) {
-                if (start.empty() || cells[i] >= start[h]) held[h].push_back((uint32_t) i);
+                if (start.empty() || cells[i] >= start[h]) held[li][h].push_back((uint32_t) i);
             }
-            const int64_t n_h = (int64_t) held[h].size();
+            const int64_t n_h = (int64_t) held[li][h].size();
             // never fewer than the window and the sinks: they are always kept, and the window's
             // tokens stay in the last cells at their true positions (a rewind inside it is exact)
-            keep[h] = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
-            evicts = evicts || keep[h] < n_h;
-            if (keep[h] < n_h && p.method != LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
+            keep[li][h] = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
+            evicts = evicts || keep[li][h] < n_h;
+            if (keep[li][h] < n_h && p.method != LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
                 if (wq < std::min<int64_t>(w, n_h)) {
                     return LLAMA_UNCOMP_ERR_NO_QUERIES;
                 }
-                scored[h] = held[h];
-                any_scored = true;
+                scored[li][h] = held[li][h];
             }
-        }
-        std::vector<std::vector<float>> mass(n_head_kv);
-        if (any_scored) {
-            try {
-                mass = window_mass(st, kv, hp, il, stream, cells, pos, scored);
-            } catch (const std::exception & e) {
-                LLAMA_LOG_ERROR("%s\n", e.what());
-                return LLAMA_UNCOMP_ERR_DEVICE; // nothing moved yet
-            }
-        }
-        kept[li].resize(n_head_kv);
-        for (int64_t h = 0; h < n_head_kv; ++h) {
-            const int64_t n_h = (int64_t) held[h].size();
-            const int64_t b = keep[h];
-            auto & out = kept[li][h];
-            if (b >= n_h) {
-                out = held[h];
-            } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
-                // attention sinks (at least one token) and the most recent tokens
-                const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
-                out.assign(held[h].begin(), held[h].begin() + sinks);
-                out.insert(out.end(), held[h].end() - (b - sinks), held[h].end());
-            } else {
-                const auto score = pool_prefix(mass[h], n_h - wq, p.pool_kernel);
-                for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(held[h][i]);
-            }
-            n_kept = std::max(n_kept, out.size());
         }
     }
     if (!evicts) {
         return (int32_t) n; // every head keeps what it holds
     }
+    std::vector<std::vector<std::vector<float>>> mass;
+    try {
+        mass = window_masses(st, kv, hp, layer_ids, stream, cells, pos, scored);
+    } catch (const std::exception & e) {
+        LLAMA_LOG_ERROR("%s\n", e.what());
+        return LLAMA_UNCOMP_ERR_DEVICE; // nothing moved yet
+    }
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const int64_t wq = (int64_t) st.window_q[layer_ids[li]].size();
+        kept[li].resize(held[li].size());
+        for (size_t h = 0; h < held[li].size(); ++h) {
+            const auto & hh = held[li][h];
+            const int64_t n_h = (int64_t) hh.size();
+            const int64_t b = keep[li][h];
+            auto & out = kept[li][h];
+            if (b >= n_h) {
+                out = hh;
+            } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
+                // attention sinks (at least one token) and the most recent tokens
+                const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
+                out.assign(hh.begin(), hh.begin() + sinks);
+                out.insert(out.end(), hh.end() - (b - sinks), hh.end());
+            } else {
+                const auto score = pool_prefix(mass[li][h], n_h - wq, p.pool_kernel);
+                for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(hh[i]);
+            }
+            n_kept = std::max(n_kept, out.size());
+        }
+    }
 
     // move each head's kept rows so that they end at cell n_kept - 1 and record where each starts
+    std::vector<std::vector<std::vector<uint32_t>>> src(layer_ids.size());
     for (size_t li = 0; li < layer_ids.size(); ++li) {
-        const uint32_t il = layer_ids[li];
-        const int64_t n_head_kv = hp.n_head_kv(il);
-        std::vector<std::vector<uint32_t>> src(n_head_kv);
-        std::vector<uint32_t> start(n_head_kv);
-        for (int64_t h = 0; h < n_head_kv; ++h) {
-            for (uint32_t i : kept[li][h]) src[h].push_back(cells[i]);
-            start[h] = (uint32_t) (n_kept - src[h].size());
+        src[li].resize(kept[li].size());
+        for (size_t h = 0; h < kept[li].size(); ++h) {
+            for (uint32_t i : kept[li][h]) src[li][h].push_back(cells[i]);
         }
-        try {
-            compact(st, kv->get_k_storage(il), stream, false, hp.n_embd_head_k(il), src, n_kept);
-            compact(st, kv->get_v_storage(il), stream, kv->get_v_trans(), hp.n_embd_head_v(il), src, n_kept);
-        } catch (const std::exception & e) {
-            LLAMA_LOG_ERROR("%s\n", e.what());
-            // layers before this one are compacted already: the sequence cannot be kept
-            kv->seq_rm(seq_id, -1, -1);
-            uncomp_layout_clear(kv, (int32_t) stream);
-            rebuild_graphs(ctx, st);
-            return LLAMA_UNCOMP_ERR_DEVICE;
-        }
-        uncomp_layout_set(kv, (int32_t) il, stream, start);
+    }
+    try {
+        compact_layers(st, kv, hp, layer_ids, stream, src, n_kept);
+    } catch (const std::exception & e) {
+        LLAMA_LOG_ERROR("%s\n", e.what());
+        // host-side layers may be compacted already: the sequence cannot be kept
+        kv->seq_rm(seq_id, -1, -1);
+        uncomp_layout_clear(kv, (int32_t) stream);
+        rebuild_graphs(ctx, st);
+        return LLAMA_UNCOMP_ERR_DEVICE;
+    }
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        std::vector<uint32_t> start(src[li].size());
+        for (size_t h = 0; h < src[li].size(); ++h) start[h] = (uint32_t) (n_kept - src[li][h].size());
+        uncomp_layout_set(kv, (int32_t) layer_ids[li], stream, start);
     }
 
     // cell metadata: cells [0, n_kept) get the last n_kept positions, so the sequence still ends at

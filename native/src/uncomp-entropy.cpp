@@ -13,7 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <future>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 // Eigenvalues of the symmetric d×d matrix a (row-major, destroyed), largest first: Householder
@@ -145,59 +146,109 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
     return entropy_of_gram(a, n, d, k_trunc);
 }
 
+namespace {
+
+// f(i) for i in [0, n) on every core: the eigen-solves of all heads of all layers at once
+void parallel_for(size_t n, const std::function<void(size_t)> & f) {
+    const size_t n_threads = std::min<size_t>(n, std::max(1u, std::thread::hardware_concurrency()));
+    std::atomic<size_t> next{0};
+    auto work = [&] { for (size_t i; (i = next++) < n;) f(i); };
+    std::vector<std::thread> workers;
+    for (size_t t = 1; t < n_threads; ++t) workers.emplace_back(work);
+    work();
+    for (auto & w : workers) w.join();
+}
+
+} // namespace
+
 int32_t llama_uncomp_key_entropy(
         const struct llama_context * ctx,
                     llama_seq_id   seq_id,
-                         int32_t   il,
                          int32_t   k_trunc,
                            float * out,
-                         int32_t   n_max) {
-    const int32_t n = llama_uncomp_read_keys(ctx, seq_id, il, nullptr, 0);
-    if (n < 0) return n;
+                         int64_t   n_max) {
+    const auto layers = uncomp_cache_layers(ctx);
+    if (layers.empty() || seq_id < 0 || out == nullptr) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
     const auto & hp = ctx->get_model().hparams;
-    const int64_t n_embd = hp.n_embd_k_gqa(il);
-    const int32_t n_head_kv = (int32_t) hp.n_head_kv(il);
-    const int     head_dim  = (int) hp.n_embd_head_k(il);
-    // head h holds the last rows[h] of the rows (a compressed head that keeps fewer starts later)
-    std::vector<int32_t> rows(n_head_kv);
-    llama_uncomp_tokens_kept(ctx, seq_id, il, rows.data(), n_head_kv);
-    const int32_t n_out = std::min(n_head_kv, n_max);
-
-    // where the cache lives on a device, the Gram matrices are made there and only they come back
-    if (uncomp_device * dev = uncomp_device_for(ctx, il)) {
-        const llama_kv_cache * cache = uncomp_cache_of_layer(ctx, il);
+    int64_t n_values = 0;
+    for (const auto & l : layers) {
+        if (seq_id >= (llama_seq_id) l.cache->get_n_seq_max()) {
+            return LLAMA_UNCOMP_ERR_PARAMS;
+        }
+        n_values += hp.n_head_kv(l.il);
+    }
+    if (n_max < n_values) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    // one task per KV head, in output order: a Gram matrix made on the device, or the head's rows on the host
+    struct head_task {
+        int64_t n_rows;
+        int     head_dim;
+        const std::vector<double> * gram;
+        const float * rows;
+        int64_t stride;
+    };
+    std::vector<head_task> tasks;
+    std::vector<std::vector<float>> host_keys;
+    host_keys.reserve(layers.size()); // rows point into these
+    std::vector<uncomp_head_cells> device_cells;
+    std::vector<size_t> device_first_task;
+    uncomp_device * dev = nullptr;
+    for (const auto & l : layers) {
+        const int32_t il = (int32_t) l.il;
+        const int32_t n_head_kv = (int32_t) hp.n_head_kv(il);
+        const int     head_dim  = (int) hp.n_embd_head_k(il);
+        // head h holds the last rows[h] of the sequence's cells (a compressed head starts later)
+        std::vector<int32_t> rows(n_head_kv);
+        llama_uncomp_tokens_kept(ctx, seq_id, il, rows.data(), n_head_kv);
         std::vector<uint32_t> cells;
-        for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) cells.push_back(pc.second);
-        std::vector<std::vector<uint32_t>> held(n_head_kv);
-        for (int32_t h = 0; h < n_head_kv; ++h) held[h].assign(cells.end() - rows[h], cells.end());
-        std::vector<std::vector<double>> gram;
+        for (const auto & pc : l.cache->get_cells(seq_id).seq_pos_get(seq_id)) cells.push_back(pc.second);
+        uncomp_device * layer_dev = uncomp_device_for(ctx, il);
+        if (layer_dev != nullptr && (dev == nullptr || dev == layer_dev)) {
+            dev = layer_dev;
+            device_first_task.push_back(tasks.size());
+            device_cells.push_back({ l.cache->get_k_storage(il), l.cache->get_stream(seq_id), head_dim,
+                                     std::vector<std::vector<uint32_t>>(n_head_kv) });
+            for (int32_t h = 0; h < n_head_kv; ++h) {
+                device_cells.back().cells[h].assign(cells.end() - rows[h], cells.end());
+                tasks.push_back({ rows[h], head_dim, nullptr, nullptr, 0 });
+            }
+            continue;
+        }
+        // the host path (also the layers of a second device, with a partial offload)
+        const int64_t n_embd = hp.n_embd_k_gqa(il);
+        host_keys.emplace_back((size_t) cells.size() * n_embd);
+        llama_uncomp_read_keys(ctx, seq_id, il, host_keys.back().data(), (int64_t) host_keys.back().size());
+        for (int32_t h = 0; h < n_head_kv; ++h) {
+            const float * first = host_keys.back().data() + (int64_t) (cells.size() - rows[h]) * n_embd + h * head_dim;
+            tasks.push_back({ rows[h], head_dim, nullptr, first, n_embd });
+        }
+    }
+    std::vector<std::vector<std::vector<double>>> grams;
+    if (dev != nullptr) {
         try {
-            gram = dev->key_gram(cache->get_k_storage(il), cache->get_stream(seq_id), head_dim, held);
+            grams = dev->key_gram(device_cells);
         } catch (const std::exception & e) {
             LLAMA_LOG_ERROR("%s\n", e.what());
             return LLAMA_UNCOMP_ERR_DEVICE;
         }
-        std::vector<std::future<float>> head_entropy;
-        for (int32_t h = 0; h < n_out; ++h) {
-            head_entropy.push_back(std::async(h == 0 ? std::launch::deferred : std::launch::async, [&, h] {
-                return rows[h] > 0 ? entropy_of_gram(gram[h], rows[h], head_dim, k_trunc) : 0.0f;
-            }));
+        for (size_t j = 0; j < grams.size(); ++j) {
+            for (size_t h = 0; h < grams[j].size(); ++h) tasks[device_first_task[j] + h].gram = &grams[j][h];
         }
-        for (int32_t h = 0; h < n_out; ++h) out[h] = head_entropy[h].get();
-        return n_head_kv;
     }
-
-    std::vector<float> keys((size_t) n * n_embd);
-    llama_uncomp_read_keys(ctx, seq_id, il, keys.data(), (int64_t) keys.size());
-    // heads in parallel: this runs right after prefill, when the cores are otherwise idle
-    std::vector<std::future<float>> head_entropy;
-    for (int32_t h = 0; h < n_out; ++h) {
-        const float * first = keys.data() + (n - rows[h]) * n_embd + h * head_dim;
-        const int64_t n_rows = rows[h];
-        head_entropy.push_back(std::async(h == 0 ? std::launch::deferred : std::launch::async, [=] {
-            return n_rows > 0 ? uncomp_truncated_entropy(first, n_rows, n_embd, head_dim, k_trunc) : 0.0f;
-        }));
-    }
-    for (int32_t h = 0; h < n_out; ++h) out[h] = head_entropy[h].get();
-    return n_head_kv;
+    // this runs right after prefill, when the cores are otherwise idle
+    parallel_for(tasks.size(), [&](size_t i) {
+        const head_task & t = tasks[i];
+        if (t.n_rows <= 0) {
+            out[i] = 0.0f;
+        } else if (t.gram != nullptr) {
+            std::vector<double> a = *t.gram;
+            out[i] = entropy_of_gram(a, t.n_rows, t.head_dim, k_trunc);
+        } else {
+            out[i] = uncomp_truncated_entropy(t.rows, t.n_rows, t.stride, t.head_dim, k_trunc);
+        }
+    });
+    return (int32_t) n_values;
 }
