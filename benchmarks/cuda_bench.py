@@ -1,7 +1,7 @@
 """Stock llama.cpp vs pyuncomp on one GPU, side by side in one run (run by benchmarks/run_h100.sh).
 
     python benchmarks/cuda_bench.py MODEL.gguf [--depths 8192 32768 65536] [--ratios 0.05 0.1]
-        [--method uncomp] [--cache f16] [--n-gen 128] [--concurrent-depth 32768] [--json OUT]
+        [--methods uncomp,snapkv] [--cache f16] [--n-gen 128] [--concurrent-depth 32768] [--json OUT]
 
 For each depth: the stock cache (method=full: our libllama with the engine inert, i.e. the pinned
 llama.cpp) and pyuncomp at each ratio evaluate the same prompt (flash attention, n_batch 2048,
@@ -52,10 +52,10 @@ def decode_rate(llm, n_gen):
     return n_gen / (time.perf_counter() - t0)
 
 
-def speed_rows(model, depth, method, ratios, cache, n_gen):
+def speed_rows(model, depth, methods, ratios, cache, n_gen):
     tokens = prompt_tokens(depth)
     rows = []
-    for m, r in [("full", 1.0)] + [(method, r) for r in ratios]:
+    for m, r in [("full", 1.0)] + [(m, r) for m in methods for r in ratios]:
         llm = open_llama(model, depth + n_gen + 512, m, r, cache, shrink_cache=False)
         t0 = time.perf_counter()
         llm.eval(tokens)
@@ -131,7 +131,7 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--depths", type=int, nargs="+", default=[8192, 32768, 65536])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
-    ap.add_argument("--method", default="uncomp")
+    ap.add_argument("--methods", default="uncomp", help="comma-separated; the concurrency count uses the first")
     ap.add_argument("--cache", choices=sorted(CACHE_TYPES), default="f16")
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--concurrent-depth", type=int, default=32768, help="0: skip the concurrency count")
@@ -146,10 +146,10 @@ def main():
                 json.dump(out, f, indent=1)
 
     for depth in a.depths:
-        out["speed"] += speed_rows(a.model, depth, a.method, a.ratios, a.cache, a.n_gen)
+        out["speed"] += speed_rows(a.model, depth, a.methods.split(","), a.ratios, a.cache, a.n_gen)
         save()
     if a.concurrent_depth:
-        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.method, min(a.ratios), a.cache,
+        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.methods.split(",")[0], min(a.ratios), a.cache,
                                             a.max_sessions)
         save()
 

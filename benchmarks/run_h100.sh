@@ -16,21 +16,25 @@ synth /tmp/llama8b.gguf --ctx 131072
 echo "synthetic models written: $(( $(date +%s) - start )) s"
 
 # CPU path vs CUDA path, same prompt, same random model: tokens kept, entropy, held rows
-for cache in f16 q8_0; do
+for cache in ${PROBE_CACHES-f16 q8_0}; do
     python3 tools/compress_probe.py /tmp/cpu.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers 0
     python3 tools/compress_probe.py /tmp/cuda.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers -1
     python3 tools/compress_probe.py --compare /tmp/cpu.npz /tmp/cuda.npz || true
 done
 
-# where the scheduler puts the attention of a compressed (per-head) layer during decode
-GGML_SCHED_DEBUG=2 python3 - >/tmp/sched.log 2>&1 <<'PY' || true
+# where the scheduler puts the attention of a compressed (per-head) 8B layer during decode
+(cd /tmp && GGML_SCHED_DEBUG=2 python3 - >/tmp/sched.log 2>&1) <<'PY' || true
 import pyuncomp
-llm = pyuncomp.Llama("/tmp/small.gguf", n_ctx=4096, n_gpu_layers=-1, flash_attn=True, ratio=0.1, verbose=True)
-llm.eval([1] + list(range(100, 2147)))
+llm = pyuncomp.Llama("/tmp/llama8b.gguf", n_ctx=8192 + 512, n_batch=2048, n_gpu_layers=-1, flash_attn=True,
+                     ratio=0.05, shrink_cache=False, verbose=True)
+llm.eval([1] + [(7 * i) % 31000 + 100 for i in range(8191)])
+print("tokens kept, layer 0 and 31:", llm.compression_stats()["tokens_kept"][0], llm.compression_stats()["tokens_kept"][31])
 llm.eval([500])
 llm.eval([501])
 PY
-echo "attention ops of the last decode graph, by backend:"
-grep -E "FLASH_ATTN_EXT|SPLIT" /tmp/sched.log | tail -40 | grep -oE "FLASH_ATTN_EXT.*|## SPLIT #[0-9]+: [A-Za-z0-9_]+" | sort | uniq -c | head -20
+grep -E "tokens kept" /tmp/sched.log || true
+echo "last decode graph: attention nodes and their backends"
+awk '/## SPLIT #0/{buf=""} {buf=buf"\n"$0} END{print buf}' /tmp/sched.log | grep -E "SPLIT|FLASH_ATTN|ADD|REPEAT" | cut -c1-400 | head -24 || true
+cp /tmp/sched.log "$OUT/" 2>/dev/null || true
 
 python3 -X faulthandler benchmarks/cuda_bench.py /tmp/llama8b.gguf --json "$OUT/cuda_bench.json" "$@"
