@@ -35,31 +35,24 @@ stream_layouts head_starts_of(const ggml_tensor * storage, int64_t s0, int64_t n
     return out;
 }
 
-// The per-head part of the attention mask, a graph input: bias[j, 0, h, s] = -INF where query head h's
-// KV head does not hold row s_first + j of stream s0 + s, else 0. [n_rows, 1, n_head, n_stream], the
-// type of the layer's mask.
-class head_mask_input : public llm_graph_input_i {
+// The per-head part of the attention mask: where each query head's KV head starts, relative to row
+// s_first of streams [s0, s0 + n_stream): a graph input [1, 1, n_head, n_stream] (f32; a stream without
+// a layout starts at 0). The graph turns it into the bias (uncomp_build_attn_heads), so that a decoded
+// token uploads n_head values per layer, not n_rows·n_head.
+class head_start_input : public llm_graph_input_i {
 public:
-    head_mask_input(const ggml_tensor * storage, stream_layouts head_start, int64_t s0, uint32_t s_first, int64_t gqa)
+    head_start_input(const ggml_tensor * storage, stream_layouts head_start, int64_t s0, uint32_t s_first, int64_t gqa)
         : storage(storage), head_start(std::move(head_start)), s0(s0), s_first(s_first), gqa(gqa) {}
 
     void set_input(const llama_ubatch * /*ubatch*/) override {
-        const int64_t n_rows = bias->ne[0];
-        const int64_t n_head = bias->ne[2];
-        std::vector<float> values(n_rows * n_head * head_start.size(), 0.0f);
+        const int64_t n_head = starts->ne[2];
+        std::vector<float> values(n_head * head_start.size(), 0.0f);
         for (size_t s = 0; s < head_start.size(); ++s) {
             for (int64_t h = 0; h < n_head && !head_start[s].empty(); ++h) {
-                const int64_t n_masked = std::min<int64_t>(head_start[s][h / gqa] - s_first, n_rows);
-                std::fill_n(values.begin() + (s * n_head + h) * n_rows, n_masked, -INFINITY);
+                values[s * n_head + h] = (float) ((int64_t) head_start[s][h / gqa] - (int64_t) s_first);
             }
         }
-        if (bias->type == GGML_TYPE_F16) {
-            std::vector<ggml_fp16_t> half(values.size());
-            ggml_fp32_to_fp16_row(values.data(), half.data(), (int64_t) values.size());
-            ggml_backend_tensor_set(bias, half.data(), 0, ggml_nbytes(bias));
-        } else {
-            ggml_backend_tensor_set(bias, values.data(), 0, ggml_nbytes(bias));
-        }
+        ggml_backend_tensor_set(starts, values.data(), 0, ggml_nbytes(starts));
     }
 
     // a reused graph keeps n_kv and the streams (the mask input checks them); the layout must not have
@@ -68,7 +61,7 @@ public:
         return head_starts_of(storage, s0, (int64_t) head_start.size()) == head_start;
     }
 
-    ggml_tensor * bias = nullptr;
+    ggml_tensor * starts = nullptr;
 
 private:
     const ggml_tensor * storage;
@@ -131,13 +124,19 @@ ggml_tensor * uncomp_build_attn_heads(
 
     // mask [n_rows, n_tokens, n_head, n_stream] = the layer's mask (rows [s_first, n_kv)) + the per-head
     // bias; the kernels skip -INF rows, so a head's work is its own rows
-    auto * input = new head_mask_input(k->view_src, start, s0, (uint32_t) s_first, n_head / k->ne[1]);
+    auto * input = new head_start_input(k->view_src, start, s0, (uint32_t) s_first, n_head / k->ne[1]);
     gctx.res->add_input(llm_graph_input_ptr(input));
-    input->bias = ggml_new_tensor_4d(ctx, kq_mask->type, n_rows, 1, n_head, n_stream);
-    ggml_set_input(input->bias);
+    input->starts = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, 1, n_head, n_stream);
+    ggml_set_input(input->starts);
+    // bias[j, 0, h, s] = log(step(j - start + 0.5)): 0 where head h holds row s_first + j, else -INF
+    ggml_tensor * rows = ggml_repeat_4d(ctx, ggml_arange(ctx, 0.0f, (float) n_rows, 1.0f), n_rows, 1, n_head, n_stream);
+    ggml_tensor * bias = ggml_log(ctx, ggml_step(ctx, ggml_scale_bias(ctx, ggml_sub(ctx, rows, input->starts), 1.0f, 0.5f)));
+    bias = ggml_cast(ctx, bias, kq_mask->type);
+    if (n_tokens > 1) {
+        bias = ggml_repeat_4d(ctx, bias, n_rows, n_tokens, n_head, n_stream);
+    }
     ggml_tensor * mask_rows = ggml_view_4d(ctx, kq_mask, n_rows, n_tokens, 1, n_stream,
                                            kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], s_first * kq_mask->nb[0]);
-    ggml_tensor * bias      = n_tokens == 1 ? input->bias : ggml_repeat_4d(ctx, input->bias, n_rows, n_tokens, n_head, n_stream);
     ggml_tensor * mask_head = ggml_add(ctx, bias, mask_rows);
 
     t_in_hook = true;
