@@ -135,6 +135,7 @@ class Llama(llama_cpp.Llama):
         # rebuilding the context would drop LoRA adapters applied to it at construction
         self._shrink_cache = shrink_cache and not kwargs.get("lora_path")
         self._cells_used = 0  # an upper bound of the cells the cache holds (exact after a rebuild)
+        self._prompt_logits = None  # (n_tokens, logits of the last token) of the last evaluated prompt
         self._shrink_pending = False
         if self.compression.compresses:
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
@@ -184,8 +185,30 @@ class Llama(llama_cpp.Llama):
             super().eval(tokens[split:])
         finally:
             lib.llama_uncomp_observe(ctx, False)
+        self._prompt_logits = (self.n_tokens, self._last_logits().copy())
         if self.auto_compress:
             self.compress()
+
+    def _last_logits(self) -> np.ndarray:
+        """The context's logits of its last evaluated token (the row the sampler reads), writable."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def generate(self, tokens, *args, reset: bool = True, **kwargs):
+        """Like the parent. When the prompt is exactly the last compressed prompt (a repeated request,
+        or a regenerated answer), the parent would replay its last token over the compressed cache,
+        whose logits differ from those of the prompt's own evaluation; instead the tokens generated after
+        it are dropped and sampling starts from the prompt's saved logits, as the first time."""
+        tokens = list(tokens)
+        n = len(tokens)
+        if (reset and self._attached and self._prompt_logits is not None and n > 0
+                and self._prompt_logits[0] == n == self._compressed_upto < self.n_tokens
+                and list(self._input_ids[:n]) == tokens):
+            self._ctx.kv_cache_seq_rm(-1, n, -1)
+            self.n_tokens = n
+            self._last_logits()[:] = self._prompt_logits[1]
+            self._requires_eval = False
+        yield from super().generate(tokens, *args, reset=reset, **kwargs)
 
     def compress(self) -> bool:
         """Compresses the cache now with the current settings, scored by the last evaluated prompt's

@@ -233,3 +233,17 @@ def test_device_path_keeps_what_the_host_path_keeps(tmp_path, smollm2_path, gemm
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "equal" in r.stdout
+
+
+@pytest.mark.parametrize("method", ["snapkv", "uncomp"])
+def test_a_repeated_prompt_answers_as_the_first_time(smollm2_path, method):
+    """llama-cpp-python answers a repeated prompt by replaying its last token over the cache; over a
+    compressed cache that token's logits differ. The compressed prompt's own logits are reused."""
+    colors, animals = ["red", "green", "blue", "white", "black", "gray", "brown"], ["cat", "dog", "bird", "fish", "horse"]
+    document = " ".join(f"Item {i} is a {colors[i % 7]} {animals[i % 5]}." for i in range(90))
+    messages = [{"role": "user", "content": document + "\nWhat animal is item 12?"}]
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=method, ratio=0.05, seed=0, verbose=False)
+    answers = [llm.create_chat_completion(messages, max_tokens=16, temperature=0.0)["choices"][0]["message"]["content"]
+               for _ in range(2)]
+    llm.close()
+    assert answers[1] == answers[0]
