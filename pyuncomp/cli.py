@@ -39,27 +39,94 @@ def cmd_generate(args) -> int:
     return 0
 
 
+CHAT_HELP = """commands: /stats  KV memory held and tokens kept | /ratio R  keep R of later prompts | /method M
+  compress later prompts with M | /file PATH  send a document with your next message | /help
+An empty line, Ctrl-D or Ctrl-C at the prompt quits; Ctrl-C during a reply stops it."""
+
+
+def _chat_stats(llm) -> str:
+    import numpy as np
+
+    s = llm.compression_stats()
+    kept = np.concatenate([np.asarray(k).ravel() for k in s["tokens_kept"]]) if s["tokens_kept"] else np.zeros(1)
+    return (f"{s['method']} ratio {s['ratio']}: {s['n_tokens']} tokens, KV held {s['kv_bytes'] / 2**20:.1f} MiB of "
+            f"{s['kv_bytes_full'] / 2**20:.1f} MiB full ({s['kv_bytes'] / max(s['kv_bytes_full'], 1):.1%}), "
+            f"allocated {s['kv_bytes_allocated'] / 2**20:.1f} MiB; tokens kept per head {kept.min()}-{kept.max()} "
+            f"(mean {kept.mean():.0f})")
+
+
+def _chat_command(llm, line: str, attached: list) -> None:
+    """Runs a /command of the chat; problems are reported, the chat goes on."""
+    name, _, arg = line.partition(" ")
+    arg = arg.strip()
+    try:
+        if name == "/stats":
+            print(_chat_stats(llm), file=sys.stderr)
+        elif name in ("/ratio", "/method"):
+            change = {"ratio": float(arg)} if name == "/ratio" else {"method": arg}
+            llm.set_compression(**change)
+            print(f"later prompts: {llm.compression.method}, ratio {llm.compression.ratio}", file=sys.stderr)
+        elif name == "/file":
+            with open(arg, encoding="utf-8") as f:
+                text = f.read()
+            if not text.strip():
+                raise ValueError(f"{arg} is empty")
+            attached.append(text)
+            print(f"attached {arg} ({len(text)} characters); it goes with your next message", file=sys.stderr)
+        else:
+            print(CHAT_HELP, file=sys.stderr)
+    except (ValueError, OSError) as e:
+        print(f"{name}: {e}", file=sys.stderr)
+
+
 def cmd_chat(args) -> int:
+    from tqdm import tqdm
+
     llm = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    print("pyuncomp chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
+    attached = []
+    print("pyuncomp chat: type a message (/help for commands); an empty line or Ctrl-D quits.", file=sys.stderr)
+    bar = None
+
+    def progress(done, total):  # long prompts: a bar while they are evaluated
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="tok", desc="prompt", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    llm.on_prompt_progress = progress
     while True:
         try:
             user = input("> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             break
         if not user.strip():
             break
-        messages.append({"role": "user", "content": user})
+        if user.startswith("/"):
+            _chat_command(llm, user.strip(), attached)
+            continue
+        messages.append({"role": "user", "content": "\n\n".join(attached + [user])})
+        attached.clear()
         reply = []
-        for chunk in llm.create_chat_completion(messages, max_tokens=args.max_tokens,
-                                                temperature=args.temperature, seed=args.seed, stream=True):
-            text = chunk["choices"][0]["delta"].get("content") or ""
-            reply.append(text)
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        try:
+            for chunk in llm.create_chat_completion(messages, max_tokens=args.max_tokens,
+                                                    temperature=args.temperature, seed=args.seed, stream=True):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                text = chunk["choices"][0]["delta"].get("content") or ""
+                reply.append(text)
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        finally:
+            if bar is not None:
+                bar.close()
+                bar = None
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": "".join(reply)})
+    print(file=sys.stderr)
     return 0
 
 

@@ -117,6 +117,9 @@ class Llama(llama_cpp.Llama):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: must be True or False, got {value!r}")
         self.auto_compress = auto_compress  # may be switched at any time
+        # called as (tokens evaluated, tokens in the prompt) while a long prompt of a compressing model is
+        # evaluated, chunk by chunk (e.g. a progress bar); may be set at any time
+        self.on_prompt_progress = None
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
@@ -177,8 +180,10 @@ class Llama(llama_cpp.Llama):
         # of n_batch from the first token, so the split keeps its chunks (and so its arithmetic).
         tokens = list(tokens)
         split = max(0, len(tokens) - self.compression.window) // self.n_batch * self.n_batch
-        if split > 0:
-            super().eval(tokens[:split])
+        for start in range(0, split, self.n_batch):  # the parent's own chunks, one at a time for progress
+            super().eval(tokens[start:start + self.n_batch])
+            if self.on_prompt_progress:
+                self.on_prompt_progress(start + self.n_batch, len(tokens))
         ctx = self._ctx_ptr()
         _check(lib.llama_uncomp_observe(ctx, True))
         try:

@@ -40,6 +40,48 @@ def test_chat_keeps_the_conversation(smollm2_path):
     assert len(replies) == 2 and all(reply.strip() for reply in replies)
 
 
+def test_chat_commands_change_and_report_compression(smollm2_path, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"Item {i} is a red car." for i in range(150)) + " The pass key is 71942.")
+    script = [f"/file {doc}", "/ratio 0.1", "/method snapkv", "/ratio 5", f"/file {tmp_path / 'missing.txt'}",
+              "What is the pass key?", "/stats", ""]
+    r = pyuncomp("chat", "--model", smollm2_path, "--ratio", "0.05", "--max-tokens", "8", stdin="\n".join(script) + "\n")
+    assert r.returncode == 0, r.stderr
+    assert f"attached {doc}" in r.stderr
+    assert "later prompts: snapkv, ratio 0.1" in r.stderr
+    assert "/ratio: ratio: must be in (0, 1]" in r.stderr and "/file: [Errno 2]" in r.stderr
+    assert "prompt" in r.stderr  # the progress bar of the ~1.5k-token prompt
+    stats = [line for line in r.stderr.splitlines() if line.startswith("snapkv ratio 0.1:")]
+    assert len(stats) == 1
+    held = float(stats[0].split("(")[1].split("%")[0])
+    assert held < 20  # snapkv 0.1 held about a tenth of the full cache for the document's prompt
+    assert r.stdout.replace("> ", "").strip()  # the reply to the question (commands print nothing on stdout)
+
+
+def test_ctrl_c_stops_a_reply_then_quits(smollm2_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "pyuncomp", "chat", "--model", smollm2_path, "--max-tokens", "2000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent.parent)
+    proc.stdin.write("Count from 1 to 1000, one number per line.\n")
+    proc.stdin.flush()
+    seen = ""
+    while seen.count("> ") < 1 or len(seen.split("> ", 1)[1]) < 20:
+        c = proc.stdout.read(1)
+        assert c, proc.stderr.read()
+        seen += c
+    proc.send_signal(signal.SIGINT)
+    while not seen.endswith("\n> "):
+        c = proc.stdout.read(1)
+        assert c, proc.stderr.read()
+        seen += c
+    assert "[stopped]" in seen
+    proc.send_signal(signal.SIGINT)  # at the prompt: quits
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "/no/such/model.gguf"], "neither a file nor a built-in model"),
     (["--ratio", "0"], "ratio: must be in (0, 1]"),
