@@ -247,3 +247,29 @@ def test_a_repeated_prompt_answers_as_the_first_time(smollm2_path, method):
                for _ in range(2)]
     llm.close()
     assert answers[1] == answers[0]
+
+
+def test_two_models_in_threads_answer_as_each_alone(smollm2_path):
+    """Native state is per context (and per cache tensor): two compressing models decoding at the same
+    time in two threads give what each gives alone."""
+    import threading
+
+    prompts = [passkey_prompt(30, 0.3, "51846") + " The pass key is", passkey_prompt(35, 0.7, "90317") + " The pass key is"]
+    llms = [pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=m, ratio=0.05, n_threads=1, seed=0, verbose=False)
+            for m in ("uncomp", "snapkv")]
+
+    def answer(i):
+        return llms[i].create_completion(prompts[i], max_tokens=16, temperature=0.0)["choices"][0]["text"]
+
+    alone = [answer(0), answer(1)]
+    for llm in llms:
+        llm.reset()
+    together = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, answer(i))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for llm in llms:
+        llm.close()
+    assert together == alone

@@ -1,0 +1,48 @@
+"""Soak: many generate calls with compression on one Llama; prints resident memory (RSS) as it goes.
+
+    python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05]
+
+Each call evaluates a different ~600-token prompt (so it is evaluated, compressed and its cache shrunk
+anew) and generates 8 tokens. RSS is read from /proc/self/statm after each hundred calls."""
+
+import argparse
+import os
+import resource
+import time
+
+import pyuncomp
+
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--method", default="uncomp")
+    ap.add_argument("--ratio", type=float, default=0.05)
+    a = ap.parse_args()
+    llm = pyuncomp.Llama(str(pyuncomp.resolve_model(a.model)), n_ctx=2048, method=a.method, ratio=a.ratio,
+                         seed=0, verbose=False)
+    filler = " ".join(f"Item {i} is a red car." for i in range(90))
+    t0 = time.time()
+    marks = []
+    for call in range(1, a.calls + 1):
+        prompt = f"Document {call}. " + filler + f" The pass key is {call * 7919 % 100000}. The pass key is"
+        llm.create_completion(prompt, max_tokens=8, temperature=0.0)
+        if call == 10 or call % 100 == 0:
+            marks.append((call, rss_mib()))
+            print(f"call {call:5d}: RSS {marks[-1][1]:8.1f} MiB, {time.time() - t0:6.0f} s", flush=True)
+    s = llm.compression_stats()
+    llm.close()
+    growth = marks[-1][1] - marks[0][1]
+    print(f"RSS after call {marks[0][0]}: {marks[0][1]:.1f} MiB, after call {marks[-1][0]}: {marks[-1][1]:.1f} MiB "
+          f"(growth {growth:+.1f} MiB); peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB; "
+          f"last KV held {s['kv_bytes'] / 2**20:.2f} MiB of {s['kv_bytes_full'] / 2**20:.2f} MiB")
+
+
+if __name__ == "__main__":
+    main()
