@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import models
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, ratio: float = 1.0) -> None:
     p.add_argument("--model", default=None,
                    help=f"GGUF path or built-in model ({', '.join(models.BUILTIN_MODELS)}); "
                         f"default {models.DEFAULT_MODEL}")
-    p.add_argument("--ratio", type=float, default=1.0, help="fraction of prompt tokens kept, in (0, 1] (default 1.0)")
+    p.add_argument("--ratio", type=float, default=ratio, help=f"fraction of prompt tokens kept, in (0, 1] (default {ratio})")
     p.add_argument("--method", default="uncomp", help="full, streamingllm, snapkv, pyramidkv or uncomp (default)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default 4096)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
@@ -154,6 +155,41 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    path = Path(args.prompt_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file: no such file: {path}")
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(f"prompt file: {path} is empty")
+    if args.k < 1:
+        raise ValueError(f"k: must be >= 1 eigenvalue, got {args.k}")
+    from .profile import profile, write_profile  # imported late: loads the native library
+
+    llm = _load(args)
+    tokens = llm.tokenize(text.encode())
+    if len(tokens) > llm.n_ctx():
+        raise ValueError(f"prompt file: {len(tokens)} tokens do not fit the context of {llm.n_ctx()} (raise --n-ctx)")
+    llm.eval(tokens)
+    data = profile(llm, k=args.k)
+    llm.close()
+    out = write_profile(data, args.out)
+    n_marked = sum(map(sum, data["likely_retrieval_head"]))
+    print(f"{data['n_tokens']} tokens, {len(data['layers'])} layers x {len(data['tokens_kept'][0])} KV heads, "
+          f"{n_marked} likely retrieval heads; wrote {out / 'profile.json'}, {out / 'profile.png'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench  # imported late: loads the native library
+
+    rows = bench.run(str(models.resolve(args.model)), args.depths, args.method, args.ratio, n_gen=args.n_gen,
+                     rounds=args.rounds, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                     flash_attn=args.flash_attn == "on")
+    print(bench.markdown_table(rows))
+    return 0
+
+
 def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"port: must be in [0, 65535], got {args.port}")
@@ -213,6 +249,36 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
+
+    prof = sub.add_parser("profile", help="per-head key entropy, tokens kept and likely retrieval heads of a prompt",
+                          description="Evaluates the prompt file's text with compression and writes profile.json "
+                                      "(per cache layer and KV head: entropy, tokens kept, budget fraction, "
+                                      "likely_retrieval_head) and profile.png (heatmaps) into --out. A likely "
+                                      "retrieval head is among the lowest-entropy 10% of heads and keeps more "
+                                      "tokens than the mean.")
+    prof.add_argument("--prompt-file", required=True, help="text file holding the prompt")
+    _add_model_args(prof, ratio=0.05)
+    prof.add_argument("--k", type=int, default=32,
+                      help="eigenvalues of the entropy when the method computes none (uncomp's own is used otherwise)")
+    prof.add_argument("--out", default="profile", help="directory for profile.json and profile.png (default profile)")
+    prof.set_defaults(func=cmd_profile)
+
+    bench = sub.add_parser("bench", help="decode and prefill speed and KV memory: full cache vs a method",
+                           description="At each depth the full cache and the method evaluate the same filler "
+                                       "prompt in one process, then decode in alternating rounds; prints a "
+                                       "markdown table (decode: medians over rounds).")
+    bench.add_argument("--model", default=None,
+                       help=f"GGUF path or built-in model ({', '.join(models.BUILTIN_MODELS)}); default {models.DEFAULT_MODEL}")
+    bench.add_argument("--depths", "--depth", type=int, nargs="+", default=[2048, 7168],
+                       help="prompt lengths in tokens, >= 64 (default 2048 7168)")
+    bench.add_argument("--method", default="uncomp", help="streamingllm, snapkv, pyramidkv or uncomp (default)")
+    bench.add_argument("--ratio", type=float, default=0.05, help="fraction of prompt tokens kept, in (0, 1) (default 0.05)")
+    bench.add_argument("--n-gen", type=int, default=32, help="tokens per timed decode round (default 32)")
+    bench.add_argument("--rounds", type=int, default=3, help="decode rounds, alternating between the caches (default 3)")
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    bench.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
+    bench.add_argument("--flash-attn", choices=["on", "off"], default="off")
+    bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama-cpp-python's) on the compressed model",
                            description="Serves /v1/completions, /v1/chat/completions and /v1/models. A request "

@@ -104,3 +104,61 @@ def test_generate_rejects_a_non_gguf_file(tmp_path):
 def test_ratio_that_is_not_a_number_is_an_argparse_error():
     r = pyuncomp("generate", "hi", "--ratio", "x")
     assert r.returncode == 2 and "invalid float value: 'x'" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["profile", "bench"])
+def test_help_loads_neither_the_command_nor_matplotlib(command):
+    # (importing the pyuncomp package loads the native library already; help stops before anything else)
+    code = ("import sys; from pyuncomp.cli import main\n"
+            "try:\n    main([%r, '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert not {'pyuncomp.bench', 'pyuncomp.profile', 'matplotlib'} & set(sys.modules)\n" % command)
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent.parent, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"usage: pyuncomp {command}" in r.stdout and "--ratio" in r.stdout
+
+
+def test_profile_bad_input_gives_a_clear_message(smollm2_path, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    long = tmp_path / "long.txt"
+    long.write_text("The grass is green. " * 100)  # about 500 tokens
+    cases = [(["--prompt-file", str(tmp_path / "none.txt")], "prompt file: no such file"),
+             (["--prompt-file", str(empty)], "is empty"),
+             (["--prompt-file", str(long), "--n-ctx", "256"], "tokens do not fit the context of 256"),
+             (["--prompt-file", str(long), "--ratio", "2"], "ratio: must be in (0, 1]")]
+    for args, message in cases:
+        r = pyuncomp("profile", "--model", smollm2_path, "--out", str(tmp_path / "out"), *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--depths", "256", "32"], "depth: must be an integer number of tokens >= 64, got 32"),
+    (["--ratio", "0"], "ratio: must be in (0, 1]"),
+    (["--ratio", "1.5"], "ratio: must be in (0, 1]"),
+    (["--ratio", "1"], "keeps the whole cache"),
+    (["--method", "nope"], "method: must be one of"),
+    (["--method", "full"], "keeps the whole cache"),
+    (["--rounds", "0"], "rounds: must be an integer >= 1"),
+])
+def test_bench_bad_input_gives_a_clear_message(smollm2_path, args, message):
+    r = pyuncomp("bench", "--model", smollm2_path, *args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bench_prints_full_and_method_rows(smollm2_path):
+    r = pyuncomp("bench", "--model", smollm2_path, "--depths", "256", "--n-gen", "4", "--rounds", "1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("| method | ratio | depth |") and lines[1].startswith("|---")
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert list(rows) == ["full", "uncomp"]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    held = header.index("KV held of full")
+    assert float(rows["full"][held]) == 1.0
+    assert float(rows["uncomp"][held]) <= 0.05 + 0.01
+    assert rows["uncomp"][1] == "0.05" and rows["uncomp"][2] == "256"
+    assert float(rows["uncomp"][header.index("decode tok/s (median of 1)")]) > 0

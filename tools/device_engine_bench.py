@@ -10,7 +10,7 @@ import pyuncomp  # noqa: I001
 
 import numpy as np
 
-from bench_decode import decode_rate, prefill  # tools/ is on PYTHONPATH
+from pyuncomp.bench import decode_rate, prefill
 
 
 def cpu_vs_cuda(small):

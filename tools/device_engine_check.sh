@@ -8,4 +8,4 @@ source tools/device_build.sh
 PYTHONPATH=third_party/llama.cpp/gguf-py:$PYTHONPATH python3 .src/synth_gguf.py /tmp/small.gguf \
     --layers 8 --embd 1024 --ff 2816 --heads 16 --kv-heads 4 --vocab 32000 --ctx 8192 >/dev/null
 PYTHONPATH=third_party/llama.cpp/gguf-py:$PYTHONPATH python3 .src/synth_gguf.py /tmp/llama8b.gguf --ctx 40960 >/dev/null
-PYTHONPATH=$PWD/tools:$PYTHONPATH python3 -X faulthandler tools/device_engine_bench.py /tmp/small.gguf /tmp/llama8b.gguf 8192 32768
+python3 -X faulthandler tools/device_engine_bench.py /tmp/small.gguf /tmp/llama8b.gguf 8192 32768
