@@ -3,7 +3,7 @@
     python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05]
 
 Each call evaluates a different ~600-token prompt (so it is evaluated, compressed and its cache shrunk
-anew) and generates 8 tokens. RSS is read from /proc/self/statm after each hundred calls."""
+anew) and generates 8 tokens. RSS is read from /proc/self/statm every ten calls."""
 
 import argparse
 import os
@@ -33,7 +33,7 @@ def main():
     for call in range(1, a.calls + 1):
         prompt = f"Document {call}. " + filler + f" The pass key is {call * 7919 % 100000}. The pass key is"
         llm.create_completion(prompt, max_tokens=8, temperature=0.0)
-        if call == 10 or call % 100 == 0:
+        if call % 10 == 0:
             marks.append((call, rss_mib()))
             print(f"call {call:5d}: RSS {marks[-1][1]:8.1f} MiB, {time.time() - t0:6.0f} s", flush=True)
     s = llm.compression_stats()

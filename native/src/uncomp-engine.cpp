@@ -282,8 +282,8 @@ std::vector<uint32_t> select_kept(const std::vector<float> & score, int64_t n, i
     std::vector<uint32_t> order(n_prefix - sinks);
     std::iota(order.begin(), order.end(), (uint32_t) sinks);
     const int64_t n_top = std::max<int64_t>(0, budget - w - sinks);
-    std::partial_sort(order.begin(), order.begin() + n_top, order.end(),
-                      [&](uint32_t a, uint32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
+    std::nth_element(order.begin(), order.begin() + n_top, order.end(),
+                     [&](uint32_t a, uint32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
     for (int64_t i = 0; i < sinks; ++i) kept.push_back((uint32_t) i);
     kept.insert(kept.end(), order.begin(), order.begin() + n_top);
     std::sort(kept.begin() + sinks, kept.end());
@@ -595,27 +595,33 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         LLAMA_LOG_ERROR("%s\n", e.what());
         return LLAMA_UNCOMP_ERR_DEVICE; // nothing moved yet
     }
+    // selection, every head of every layer in parallel
+    std::vector<std::pair<size_t, size_t>> heads;
     for (size_t li = 0; li < layer_ids.size(); ++li) {
-        const int64_t wq = (int64_t) st.window_q[layer_ids[li]].size();
         kept[li].resize(held[li].size());
-        for (size_t h = 0; h < held[li].size(); ++h) {
-            const auto & hh = held[li][h];
-            const int64_t n_h = (int64_t) hh.size();
-            const int64_t b = keep[li][h];
-            auto & out = kept[li][h];
-            if (b >= n_h) {
-                out = hh;
-            } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
-                // attention sinks (at least one token) and the most recent tokens
-                const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
-                out.assign(hh.begin(), hh.begin() + sinks);
-                out.insert(out.end(), hh.end() - (b - sinks), hh.end());
-            } else {
-                const auto score = pool_prefix(mass[li][h], n_h - wq, p.pool_kernel);
-                for (uint32_t i : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(hh[i]);
-            }
-            n_kept = std::max(n_kept, out.size());
+        for (size_t h = 0; h < held[li].size(); ++h) heads.emplace_back(li, h);
+    }
+    uncomp_parallel_for(heads.size(), [&](size_t i) {
+        const auto [li, h] = heads[i];
+        const int64_t wq = (int64_t) st.window_q[layer_ids[li]].size();
+        const auto & hh = held[li][h];
+        const int64_t n_h = (int64_t) hh.size();
+        const int64_t b = keep[li][h];
+        auto & out = kept[li][h];
+        if (b >= n_h) {
+            out = hh;
+        } else if (p.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
+            // attention sinks (at least one token) and the most recent tokens
+            const int64_t sinks = std::min<int64_t>(std::max<int32_t>(p.n_sink, 1), b - w);
+            out.assign(hh.begin(), hh.begin() + sinks);
+            out.insert(out.end(), hh.end() - (b - sinks), hh.end());
+        } else {
+            const auto score = pool_prefix(mass[li][h], n_h - wq, p.pool_kernel);
+            for (uint32_t k : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(hh[k]);
         }
+    });
+    for (const auto & layer : kept) {
+        for (const auto & out : layer) n_kept = std::max(n_kept, out.size());
     }
 
     // move each head's kept rows so that they end at cell n_kept - 1 and record where each starts

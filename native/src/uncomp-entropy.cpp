@@ -13,8 +13,6 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <atomic>
-#include <thread>
 #include <vector>
 
 // Eigenvalues of the symmetric d×d matrix a (row-major, destroyed), largest first: Householder
@@ -146,20 +144,6 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
     return entropy_of_gram(a, n, d, k_trunc);
 }
 
-namespace {
-
-// f(i) for i in [0, n) on every core: the eigen-solves of all heads of all layers at once
-void parallel_for(size_t n, const std::function<void(size_t)> & f) {
-    const size_t n_threads = std::min<size_t>(n, std::max(1u, std::thread::hardware_concurrency()));
-    std::atomic<size_t> next{0};
-    auto work = [&] { for (size_t i; (i = next++) < n;) f(i); };
-    std::vector<std::thread> workers;
-    for (size_t t = 1; t < n_threads; ++t) workers.emplace_back(work);
-    work();
-    for (auto & w : workers) w.join();
-}
-
-} // namespace
 
 int32_t llama_uncomp_key_entropy(
         const struct llama_context * ctx,
@@ -239,7 +223,7 @@ int32_t llama_uncomp_key_entropy(
         }
     }
     // this runs right after prefill, when the cores are otherwise idle
-    parallel_for(tasks.size(), [&](size_t i) {
+    uncomp_parallel_for(tasks.size(), [&](size_t i) {
         const head_task & t = tasks[i];
         if (t.n_rows <= 0) {
             out[i] = 0.0f;

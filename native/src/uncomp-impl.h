@@ -4,6 +4,7 @@
 #include "llama.h"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 class llama_kv_cache;
@@ -29,3 +30,6 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
 // The device-side steps for the cache layer of model layer il of an attached context, when that
 // layer's cache lives on a device (or UNCOMP_DEVICE_PATH=1); nullptr: use the host path.
 uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il);
+
+// f(i) for i in [0, n) on every core (the per-head work of a compression: eigen-solves, selections)
+void uncomp_parallel_for(size_t n, const std::function<void(size_t)> & f);
