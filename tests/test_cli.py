@@ -64,10 +64,10 @@ def test_ctrl_c_stops_a_reply_then_quits(smollm2_path):
     proc = subprocess.Popen([sys.executable, "-m", "pyuncomp", "chat", "--model", smollm2_path, "--max-tokens", "2000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parent.parent.parent)
-    proc.stdin.write("Count from 1 to 1000, one number per line.\n")
+    proc.stdin.write("Write a long essay about the history of Rome, with many details.\n")  # ~9 kB of reply
     proc.stdin.flush()
     seen = ""
-    while seen.count("> ") < 1 or len(seen.split("> ", 1)[1]) < 20:
+    while seen.count("> ") < 1 or len(seen.split("> ", 1)[1]) < 1:  # the reply has begun
         c = proc.stdout.read(1)
         assert c, proc.stderr.read()
         seen += c
