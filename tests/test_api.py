@@ -1,7 +1,9 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import llama_cpp
+import numpy as np
 import pytest
 
 import pyuncomp
@@ -80,3 +82,32 @@ def test_llama_cpp_imported_first_with_another_library_is_a_clear_error(tmp_path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path).stdout
     assert out.startswith("NativeLibraryError llama_cpp was imported before pyuncomp")
+
+
+def test_truncated_gguf_is_a_clear_error(smollm2_path, tmp_path):
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(Path(smollm2_path).read_bytes()[: 1 << 20])  # a valid header, then nothing
+    with pytest.raises(ValueError, match="Failed to load model"):
+        pyuncomp.Llama(str(truncated), ratio=0.05, verbose=False)
+
+
+def test_prompt_longer_than_the_context_is_refused(smollm2_path):
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=256, ratio=0.05, verbose=False)
+    with pytest.raises(ValueError, match="exceed context window"):
+        llm.create_completion("word " * 400, max_tokens=4)
+    assert llm.create_completion("The sky is", max_tokens=4, temperature=0.0)["choices"][0]["text"]  # still usable
+    llm.close()
+
+
+def test_a_budget_below_the_window_keeps_the_window_and_sinks(smollm2_path):
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=1024, ratio=0.001, method="snapkv", verbose=False)
+    llm.eval(llm.tokenize(("The grass is green. " * 120).encode()))
+    kept = np.asarray(llm.compression_stats()["tokens_kept"])
+    cfg = llm.compression
+    assert (kept == cfg.window + cfg.n_sink).all(), kept
+    for _ in range(4):  # decoding goes on over the few rows kept
+        token = llm.sample(temp=0.0)
+        assert 0 <= token < llm.n_vocab()
+        llm.eval([token])
+    assert np.asarray(llm.compression_stats()["tokens_kept"]).max() == cfg.window + cfg.n_sink + 4
+    llm.close()
