@@ -109,9 +109,10 @@ def cmd_chat(args) -> int:
         messages.append({"role": "user", "content": "\n\n".join(attached + [user])})
         attached.clear()
         reply = []
+        stream = llm.create_chat_completion(messages, max_tokens=args.max_tokens, temperature=args.temperature,
+                                            seed=args.seed, stream=True)
         try:
-            for chunk in llm.create_chat_completion(messages, max_tokens=args.max_tokens,
-                                                    temperature=args.temperature, seed=args.seed, stream=True):
+            for chunk in stream:
                 if bar is not None:
                     bar.close()
                     bar = None
@@ -121,6 +122,7 @@ def cmd_chat(args) -> int:
                 sys.stdout.flush()
         except KeyboardInterrupt:
             sys.stdout.write(" [stopped]")
+            stream.close()  # now, not at exit: a generator finalised at exit reports into stderr
         finally:
             if bar is not None:
                 bar.close()
