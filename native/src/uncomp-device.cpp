@@ -95,6 +95,21 @@ struct cell_inputs {
     }
 };
 
+// the values of each output tensor of a step, by layer and head (an empty vector where none was made)
+std::vector<std::vector<std::vector<float>>> read_outputs(const std::vector<std::vector<ggml_tensor *>> & outputs) {
+    std::vector<std::vector<std::vector<float>>> out(outputs.size());
+    for (size_t l = 0; l < outputs.size(); ++l) {
+        out[l].resize(outputs[l].size());
+        for (size_t h = 0; h < outputs[l].size(); ++h) {
+            if (ggml_tensor * t = outputs[l][h]) {
+                out[l][h].resize(ggml_nelements(t));
+                ggml_backend_tensor_get(t, out[l][h].data(), 0, ggml_nbytes(t));
+            }
+        }
+    }
+    return out;
+}
+
 } // namespace
 
 std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const std::vector<uncomp_score_job> & jobs) {
@@ -139,16 +154,7 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
     }
     cells.upload();
     ggml_backend_graph_compute(backend, gf);
-    std::vector<std::vector<std::vector<float>>> out(jobs.size());
-    for (size_t l = 0; l < jobs.size(); ++l) {
-        out[l].resize(mass[l].size());
-        for (size_t h = 0; h < mass[l].size(); ++h) {
-            if (mass[l][h]) {
-                out[l][h].resize(jobs[l].keys.cells[h].size());
-                ggml_backend_tensor_get(mass[l][h], out[l][h].data(), 0, ggml_nbytes(mass[l][h]));
-            }
-        }
-    }
+    auto out = read_outputs(mass);
     ggml_free(ctx);
     return out;
 }
@@ -182,16 +188,10 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
     allocate(ctx, gf);
     cells.upload();
     ggml_backend_graph_compute(backend, gf);
-    std::vector<std::vector<std::vector<double>>> out(jobs.size());
-    for (size_t l = 0; l < jobs.size(); ++l) {
-        out[l].resize(gram[l].size());
-        for (size_t h = 0; h < gram[l].size(); ++h) {
-            if (gram[l][h]) {
-                std::vector<float> g(ggml_nelements(gram[l][h]));
-                ggml_backend_tensor_get(gram[l][h], g.data(), 0, ggml_nbytes(gram[l][h]));
-                out[l][h].assign(g.begin(), g.end());
-            }
-        }
+    const auto values = read_outputs(gram);
+    std::vector<std::vector<std::vector<double>>> out(values.size());
+    for (size_t l = 0; l < values.size(); ++l) {
+        for (const auto & g : values[l]) out[l].emplace_back(g.begin(), g.end());
     }
     ggml_free(ctx);
     return out;
