@@ -15,7 +15,9 @@ from pathlib import Path
 
 import cffi
 
-LIB_DIR = Path(__file__).resolve().parent / "lib"
+# PYUNCOMP_LIB_DIR: load libllama from another build of this source instead (e.g. the sanitizer build
+# the tests make), with the header installed beside this package
+LIB_DIR = Path(os.environ.get("PYUNCOMP_LIB_DIR") or Path(__file__).resolve().parent / "lib")
 HEADER = Path(__file__).resolve().parent / "include" / "uncomp.h"
 
 

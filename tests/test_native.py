@@ -1,8 +1,10 @@
 """Native tests, built with cmake under AddressSanitizer and UBSan, and run."""
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,45 @@ def test_native_engine_under_asan(path):
     configs = ["cache f16", "cache f16 flash-attn", "cache q8_0", "cache q4_0"]
     assert [line for line in r.stdout.splitlines() if line.startswith("cache ")] == [
         line for config in configs for line in (config, config + ", two sequences")]
+
+
+def asan_python_env():
+    """The environment that runs Python on the ASan + UBSan libllama: the sanitizer runtime preloaded
+    (Python itself is not instrumented), leaks not reported (the interpreter keeps its own at exit)."""
+    build("test-uncomp-engine")  # builds the instrumented libllama beside it
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return {**os.environ, "LD_PRELOAD": libasan, "PYUNCOMP_LIB_DIR": str(BUILD / "bin"),
+            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+GENERATE_UNDER_ASAN = """
+import json, sys
+import pyuncomp
+sys.path.insert(0, {tests!r})
+from test_engine import passkey_prompt
+assert pyuncomp._native.LIB_DIR.as_posix() == {lib!r}, pyuncomp._native.LIB_DIR
+llm = pyuncomp.Llama({model!r}, n_ctx=2048, method="uncomp", ratio=0.05, seed=0, verbose=False)
+first = llm(passkey_prompt(60, 0.5, "31415"), max_tokens=8, temperature=0.0)["choices"][0]["text"]
+stats = llm.compression_stats()
+state = llm.save_state()
+turn = llm(passkey_prompt(60, 0.5, "31415") + first + " Say it again: the pass key is", max_tokens=6, temperature=0.0)
+llm.load_state(state)
+print(json.dumps({{"first": first, "turn": turn["choices"][0]["text"], "kv_bytes": stats["kv_bytes"],
+                  "kv_bytes_full": stats["kv_bytes_full"]}}))
+llm.close()
+"""
+
+
+@needs_cmake
+def test_python_generate_under_asan(tmp_path):
+    """pyuncomp.Llama end to end (prompt evaluation, compression, shrink, generation, a second turn,
+    state save and load) on the ASan + UBSan build of libllama: any invalid access or UB aborts."""
+    env = asan_python_env()
+    script = GENERATE_UNDER_ASAN.format(tests=str(ROOT / "tests"), lib=(BUILD / "bin").as_posix(),
+                                        model=str(pyuncomp.resolve_model(None)))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-8000:]
+    assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-8000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "31415" in result["first"], result
+    assert result["kv_bytes"] < result["kv_bytes_full"] / 5, result

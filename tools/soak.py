@@ -2,7 +2,7 @@
 
     python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05]
 
-Each call evaluates a different ~600-token prompt (so it is evaluated, compressed and its cache shrunk
+Each call evaluates a different prompt (~640 tokens with the default 90 items) (so it is evaluated, compressed and its cache shrunk
 anew) and generates 8 tokens. RSS is read from /proc/self/statm every ten calls."""
 
 import argparse
@@ -24,10 +24,11 @@ def main():
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--method", default="uncomp")
     ap.add_argument("--ratio", type=float, default=0.05)
+    ap.add_argument("--items", type=int, default=90, help="filler sentences per prompt (~7 tokens each)")
     a = ap.parse_args()
     llm = pyuncomp.Llama(str(pyuncomp.resolve_model(a.model)), n_ctx=2048, method=a.method, ratio=a.ratio,
                          seed=0, verbose=False)
-    filler = " ".join(f"Item {i} is a red car." for i in range(90))
+    filler = " ".join(f"Item {i} is a red car." for i in range(a.items))
     t0 = time.time()
     marks = []
     for call in range(1, a.calls + 1):
