@@ -325,6 +325,9 @@ class Llama(llama_cpp.Llama):
             state.uncomp_head_start = self._head_starts()
             # the observed prompt queries too: a saved uncompressed prompt can be compressed after a load
             state.uncomp_window_queries = {s["il"]: self.window_queries(s["il"]) for s in self._layer_stats(0)}
+            # and the prompt's own logits: a compressed prompt cannot give them again
+            if self._prompt_logits is not None and self._prompt_logits[0] == self.n_tokens:
+                state.uncomp_prompt_logits = self._prompt_logits[1].copy()
         return state
 
     def _head_starts(self) -> dict:
@@ -361,6 +364,25 @@ class Llama(llama_cpp.Llama):
                        if layer not in stats["swa_layers"])
             self._compressed_upto = self.n_tokens if held < self.n_tokens else 0
             self._shrink_pending = self._shrink_cache and self._compressed_upto > 0
+            logits = getattr(state, "uncomp_prompt_logits", None)
+            if logits is not None and self._compressed_upto > 0:
+                self._restore_prompt_logits(state, logits)
+
+    def _restore_prompt_logits(self, state, logits: np.ndarray) -> None:
+        """After loading a state saved at the end of a compressed prompt: gives the context the prompt's
+        logits, so that generation samples from them as the first time instead of replaying the last
+        token over the compressed cache (llama.cpp's state holds no logits). The context gets a logits
+        row by decoding the last token again; the saved cache then replaces what that decode wrote."""
+        n = self.n_tokens
+        last = int(self.input_ids[n - 1])
+        self.n_tokens = n - 1
+        llama_cpp.Llama.eval(self, [last])  # removes the cells from position n - 1 on first
+        raw = (ctypes.c_uint8 * state.llama_state_size).from_buffer_copy(state.llama_state)
+        if llama_cpp.llama_state_set_data(self._ctx.ctx, raw, state.llama_state_size) != state.llama_state_size:
+            raise RuntimeError("pyuncomp: could not restore the saved cache")
+        self._last_logits()[:] = logits
+        self._prompt_logits = (n, logits.copy())
+        self._requires_eval = False  # the parent samples from these logits on an exact prompt hit
 
     def close(self) -> None:
         # a constructor that refused its arguments leaves no native state behind to close
