@@ -9,6 +9,7 @@ is the requested budget, within [window + sinks, tokens held], and compacts the 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -154,7 +155,7 @@ def fit_budgets(weights: Sequence[np.ndarray], mean: float, low: int, high) -> L
     flat = np.concatenate([np.asarray(w, dtype=float) for w in weights])
     if np.any(flat <= 0) or not np.all(np.isfinite(flat)):
         raise ValueError("weights: must be positive and finite")
-    if np.ndim(high) == 0:
+    if isinstance(high, numbers.Real):
         high = np.full(len(flat), float(high))
     else:
         high = np.concatenate([np.asarray(h, dtype=float) for h in high])

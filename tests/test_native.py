@@ -92,3 +92,18 @@ def test_python_generate_under_asan(tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert "31415" in result["first"], result
     assert result["kv_bytes"] < result["kv_bytes_full"] / 5, result
+
+
+@needs_cmake
+def test_fuzz_corpus_replays_under_asan(tmp_path):
+    """Every input of the fuzzing corpus (tests/fuzz/corpus, grown by tests/fuzz/fuzz_api.py) once, on the
+    ASan + UBSan libllama: parameter structs, per-head budget arrays and budget splits end in a clean
+    refusal or in a compression whose invariants hold. The corpus reaches each kind of outcome."""
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_api.py"), "--replay",
+                        str(ROOT / "tests" / "fuzz" / "corpus")],
+                       capture_output=True, text=True, env=asan_python_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-8000:]
+    assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-8000:]
+    outcomes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"params refused", "params: compressed", "budgets refused", "budgets: compressed",
+            "split: budgets", "split: weights refused"} <= set(outcomes), outcomes
