@@ -60,6 +60,11 @@ def speed_rows(model, depth, methods, ratios, cache, n_gen):
         t0 = time.perf_counter()
         llm.eval(tokens)
         t_prefill = time.perf_counter() - t0
+        t_entropy = 0.0
+        if m == "uncomp":  # the entropy step alone (compress() does it again), to see where the time goes
+            t0 = time.perf_counter()
+            llm.entropy_profile()
+            t_entropy = time.perf_counter() - t0
         t0 = time.perf_counter()
         llm.compress()
         t_compress = time.perf_counter() - t0 if m != "full" else 0.0
@@ -67,10 +72,11 @@ def speed_rows(model, depth, methods, ratios, cache, n_gen):
         rate = decode_rate(llm, n_gen)
         llm.close()
         row = dict(depth=depth, method=m, ratio=r, cache=cache, prefill_s=t_prefill, compress_s=t_compress,
+                   entropy_s=t_entropy,
                    decode_tok_s=rate, kv_bytes=s["kv_bytes"], kv_bytes_full=s["kv_bytes_full"])
         rows.append(row)
         print(f"depth {depth:6d} {m:8s} {r:4.2f} {cache}: prefill {t_prefill:6.2f} s + compress {t_compress:5.3f} s "
-              f"({100 * t_compress / t_prefill:4.1f}%), decode {rate:6.1f} tok/s "
+              f"({100 * t_compress / t_prefill:4.1f}%; entropy alone {t_entropy:5.3f} s), decode {rate:6.1f} tok/s "
               f"({rate / rows[0]['decode_tok_s']:.2f}x), KV held {s['kv_bytes'] / 2**20:7.1f} MiB = "
               f"{s['kv_bytes'] / s['kv_bytes_full']:.3f} of full", flush=True)
     return rows
@@ -90,7 +96,7 @@ def count_sessions(owner, open_session, limit=1000):
     return n
 
 
-def concurrent_rows(model, depth, method, ratio, cache, limit):
+def concurrent_rows(model, depth, methods, ratio, cache, limit):
     owner = open_llama(model, 512, "full", 1.0, cache)  # holds the weights, with a small context
     n_ctx = depth + 512
 
@@ -99,39 +105,41 @@ def concurrent_rows(model, depth, method, ratio, cache, limit):
 
     n_stock = count_sessions(owner, stock_session, limit)
     print(f"concurrent {depth}-token sequences, stock: {n_stock}", flush=True)
+    rows = []
+    for method in methods:
+        # one prompt evaluated and compressed, its compressed state loaded into every session
+        first = open_llama(model, n_ctx, method, ratio, cache, share_model_with=owner, n_batch=512)
+        first.eval(prompt_tokens(depth))
+        first.compress()
+        first.eval([1000])  # the first evaluation after compression shrinks the allocation
+        state = first.save_state()
+        s = first.compression_stats()
+        per_session = s["kv_bytes_allocated"]
+        print(f"  one compressed {method} session: KV held {s['kv_bytes'] / 2**20:.0f} MiB, allocated "
+              f"{per_session / 2**20:.0f} MiB", flush=True)
 
-    # one prompt evaluated and compressed, its compressed state loaded into every session
-    first = open_llama(model, n_ctx, method, ratio, cache, share_model_with=owner, n_batch=512)
-    first.eval(prompt_tokens(depth))
-    first.compress()
-    first.eval([1000])  # the first evaluation after compression shrinks the allocation
-    state = first.save_state()
-    s = first.compression_stats()
-    per_session = s["kv_bytes_allocated"]
-    print(f"  one compressed session: KV held {s['kv_bytes'] / 2**20:.0f} MiB, allocated {per_session / 2**20:.0f} MiB",
-          flush=True)
+        def compressed_session(o):
+            t = open_llama(model, n_ctx, method, ratio, cache, share_model_with=o, n_batch=512)
+            t.load_state(state)
+            t.eval([1001])  # decodes one token in it: a live sequence, its allocation shrunk
+            return t
 
-    def compressed_session(o):
-        t = open_llama(model, n_ctx, method, ratio, cache, share_model_with=o, n_batch=512)
-        t.load_state(state)
-        t.eval([1001])  # decodes one token in it: a live sequence, its allocation shrunk
-        return t
-
-    n_ours = 1 + count_sessions(owner, compressed_session, limit - 1)
-    first.close()
+        n_ours = 1 + count_sessions(owner, compressed_session, limit - 1)
+        first.close()
+        print(f"concurrent {depth}-token sequences, pyuncomp {method} {ratio}: {n_ours} "
+              f"({n_ours / max(n_stock, 1):.1f}x)", flush=True)
+        rows.append(dict(depth=depth, stock=n_stock, method=method, ratio=ratio, pyuncomp=n_ours,
+                         kv_held_per_session=s["kv_bytes"], kv_allocated_per_session=per_session))
     owner.close()
-    print(f"concurrent {depth}-token sequences, pyuncomp {method} {ratio}: {n_ours} ({n_ours / max(n_stock, 1):.1f}x)",
-          flush=True)
-    return dict(depth=depth, stock=n_stock, method=method, ratio=ratio, pyuncomp=n_ours,
-                kv_allocated_per_session=per_session)
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--depths", type=int, nargs="+", default=[8192, 32768, 65536])
+    ap.add_argument("--depths", type=int, nargs="*", default=[8192, 32768, 65536], help="none: only the concurrency count")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
-    ap.add_argument("--methods", default="uncomp", help="comma-separated; the concurrency count uses the first")
+    ap.add_argument("--methods", default="uncomp", help="comma-separated")
     ap.add_argument("--cache", choices=sorted(CACHE_TYPES), default="f16")
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--concurrent-depth", type=int, default=32768, help="0: skip the concurrency count")
@@ -149,7 +157,7 @@ def main():
         out["speed"] += speed_rows(a.model, depth, a.methods.split(","), a.ratios, a.cache, a.n_gen)
         save()
     if a.concurrent_depth:
-        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.methods.split(",")[0], min(a.ratios), a.cache,
+        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.methods.split(","), min(a.ratios), a.cache,
                                             a.max_sessions)
         save()
 

@@ -1,40 +1,63 @@
 #!/usr/bin/env bash
-# Issue #4's GPU benchmark in one run on an H100 machine without network. Here (with network):
-#   bash tools/device_pack.sh        # wheels, the patched llama.cpp tree, synth_gguf.py -> .src/
-# There, from the repository root, with .src carried:
-#   bash benchmarks/run_h100.sh [bench args...]     # e.g. --depths 8192 32768 65536
-# It builds pyuncomp with CUDA, writes a Llama-3-8B-shaped random Q4_0 GGUF and a small one, checks
-# that the CUDA path keeps what the CPU path keeps on the same prompt, then runs benchmarks/cuda_bench.py.
+# Issue #4's GPU runs on an H100 machine without network. Here (with network):
+#   bash tools/device_pack.sh        # wheels, the patched llama.cpp tree, synth_gguf.py -> .src/;
+#                                    # SmolLM2's GGUF in parts -> .carry/ (it is over the 64 MiB carry limit)
+# There, from the repository root, with .src (and SmolLM2's parts, one or more per call) carried:
+#   bash benchmarks/run_h100.sh [cuda_bench args...]     # e.g. --depths 8192 32768 65536
+# It builds pyuncomp with CUDA (PYUNCOMP_REUSE_BUILD=1: keep a warm machine's build), then, each step
+# skipped when it has nothing to do:
+#   - PROBE_CACHES (default "f16 q8_0"): the CUDA path keeps what the CPU path keeps, same prompt,
+#     small random model (tools/compress_probe.py);
+#   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
+#     (parts are kept in /tmp/parts between calls of a warm machine);
+#   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
+#   - benchmarks/cuda_bench.py on a Llama-3-8B-shaped random Q4_0 GGUF written here, when given args.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source tools/device_build.sh
 export PYTHONUNBUFFERED=1
 synth() { PYTHONPATH=third_party/llama.cpp/gguf-py:$PYTHONPATH python3 .src/synth_gguf.py "$@" >/dev/null; }
-start=$(date +%s)
-synth /tmp/small.gguf --layers 8 --embd 1024 --ff 2816 --heads 16 --kv-heads 4 --vocab 32000 --ctx 8192
-synth /tmp/llama8b.gguf --ctx 131072
-echo "synthetic models written: $(( $(date +%s) - start )) s"
 
-# CPU path vs CUDA path, same prompt, same random model: tokens kept, entropy, held rows
-for cache in ${PROBE_CACHES-f16 q8_0}; do
-    python3 tools/compress_probe.py /tmp/cpu.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers 0
-    python3 tools/compress_probe.py /tmp/cuda.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers -1
-    python3 tools/compress_probe.py --compare /tmp/cpu.npz /tmp/cuda.npz || true
-done
+if [ -n "${PROBE_CACHES-f16 q8_0}" ]; then
+    synth /tmp/small.gguf --layers 8 --embd 1024 --ff 2816 --heads 16 --kv-heads 4 --vocab 32000 --ctx 8192
+    for cache in ${PROBE_CACHES-f16 q8_0}; do
+        python3 tools/compress_probe.py /tmp/cpu.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers 0
+        python3 tools/compress_probe.py /tmp/cuda.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers -1
+        python3 tools/compress_probe.py --compare /tmp/cpu.npz /tmp/cuda.npz || true
+    done
+fi
 
-# where the scheduler puts the attention of a compressed (per-head) 8B layer during decode
-(cd /tmp && GGML_SCHED_DEBUG=2 python3 - >/tmp/sched.log 2>&1) <<'PY' || true
+mkdir -p /tmp/parts
+cp .carry/smollm2.* /tmp/parts/ 2>/dev/null || true
+if [ -f /tmp/parts/smollm2.sha256 ] && [ ! -f /tmp/smollm2.gguf ]; then
+    cat /tmp/parts/smollm2.part* > /tmp/smollm2.tmp
+    if [ "$(sha256sum < /tmp/smollm2.tmp | cut -d' ' -f1)" = "$(cat /tmp/parts/smollm2.sha256)" ]; then
+        mv /tmp/smollm2.tmp /tmp/smollm2.gguf
+    else
+        echo "SmolLM2: parts so far: $(ls /tmp/parts | tr '\n' ' ')"
+    fi
+fi
+if [ -f /tmp/smollm2.gguf ]; then
+    for ngl in 0 -1; do
+        python3 tools/passkey_answers.py "$OUT/passkey_ngl$ngl.json" --model /tmp/smollm2.gguf --n-gpu-layers $ngl
+    done
+    python3 tools/passkey_answers.py --compare "$OUT/passkey_ngl0.json" "$OUT/passkey_ngl-1.json" || true
+fi
+
+if [ "${SCHED_DEBUG:-0}" = 1 ]; then
+    synth /tmp/llama8b.gguf --ctx 131072
+    (cd /tmp && GGML_SCHED_DEBUG=2 python3 - >/tmp/sched.log 2>&1) <<'PY' || true
 import pyuncomp
 llm = pyuncomp.Llama("/tmp/llama8b.gguf", n_ctx=8192 + 512, n_batch=2048, n_gpu_layers=-1, flash_attn=True,
                      ratio=0.05, shrink_cache=False, verbose=True)
 llm.eval([1] + [(7 * i) % 31000 + 100 for i in range(8191)])
-print("tokens kept, layer 0 and 31:", llm.compression_stats()["tokens_kept"][0], llm.compression_stats()["tokens_kept"][31])
 llm.eval([500])
 llm.eval([501])
 PY
-grep -E "tokens kept" /tmp/sched.log || true
-echo "last decode graph: attention nodes and their backends"
-awk '/## SPLIT #0/{buf=""} {buf=buf"\n"$0} END{print buf}' /tmp/sched.log | grep -E "SPLIT|FLASH_ATTN|ADD|REPEAT" | cut -c1-400 | head -24 || true
-cp /tmp/sched.log "$OUT/" 2>/dev/null || true
+    awk '/## SPLIT #0/{buf=""} {buf=buf"\n"$0} END{print buf}' /tmp/sched.log | grep -E "SPLIT|FLASH_ATTN|ADD" | cut -c1-400 | head -24 || true
+fi
 
-python3 -X faulthandler benchmarks/cuda_bench.py /tmp/llama8b.gguf --json "$OUT/cuda_bench.json" "$@"
+if [ $# -gt 0 ]; then
+    [ -f /tmp/llama8b.gguf ] || synth /tmp/llama8b.gguf --ctx 131072
+    python3 -X faulthandler benchmarks/cuda_bench.py /tmp/llama8b.gguf --json "$OUT/cuda_bench${BENCH_TAG:-}.json" "$@"
+fi

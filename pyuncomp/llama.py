@@ -85,8 +85,10 @@ class Llama(llama_cpp.Llama):
     shrink_cache: after a compression, rebuild the llama context with only the cells the kept tokens
     need plus ``n_batch`` free ones, so that the full-size cache allocation is released (at the next
     evaluation, e.g. the first generated token: the context holds the logits sampled before it); the
-    context grows back (up to ``n_ctx``) when an evaluation needs more cells. Default True; not
-    applied yet to models with sliding-window layers (Gemma 3).
+    context grows back (up to ``n_ctx``) when an evaluation needs more cells. It also starts small
+    (``n_batch`` cells) and grows to what a prompt or a loaded state needs, so a session that loads a
+    compressed prompt never allocates the full cache. Default True; not applied yet to models with
+    sliding-window layers (Gemma 3).
     auto_compress: compress after every multi-token evaluation (default True). False: prompts are
     observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
     evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
@@ -124,6 +126,13 @@ class Llama(llama_cpp.Llama):
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
         self.policy = make_policy(method, n_head_groups) if self.compression.compresses else None
+        # a shrinking cache starts small and grows with what it is given (the prompt, a loaded state):
+        # a session that loads a compressed prompt never allocates the prompt's full cache
+        n_ctx = kwargs.get("n_ctx", 512)
+        lazy_cells = 256 * -(-max(kwargs.get("n_batch", 512), 256) // 256)
+        lazy = self.compression.compresses and shrink_cache and not kwargs.get("lora_path") and n_ctx > lazy_cells
+        if lazy:
+            kwargs["n_ctx"] = lazy_cells
         if share_model_with is None:
             super().__init__(model_path=str(check_gguf(model_path)), **kwargs)
         else:
@@ -131,6 +140,11 @@ class Llama(llama_cpp.Llama):
                 raise ValueError("share_model_with: must be an open pyuncomp.Llama")
             with _borrowing(share_model_with._model):
                 super().__init__(model_path=share_model_with.model_path, **kwargs)
+        if lazy:
+            self._n_ctx = n_ctx
+            self.input_ids = np.zeros(n_ctx, dtype=np.intc)
+            if self._logits_all:
+                self.scores = np.zeros((n_ctx, self._n_vocab), dtype=np.single)
         self._model_owner = share_model_with  # keeps the owner (and its model) alive
         self._attached = False
         self._compressed_upto = 0  # positions evaluated when the cache was last compressed
@@ -152,6 +166,7 @@ class Llama(llama_cpp.Llama):
             # greedy text (a near tie); until that is understood, such models keep their allocation
             if any(s["is_swa"] for s in self._layer_stats(0)):
                 self._shrink_cache = False
+                self._resize_context(self._n_ctx)  # its whole allocation from the start
 
     def _ctx_ptr(self):
         return context_ptr(self._ctx.ctx)
@@ -322,6 +337,7 @@ class Llama(llama_cpp.Llama):
         observed window queries of the last evaluated prompt."""
         state = super().save_state()
         if self._attached:
+            state.uncomp_cells = self._cells_held()
             state.uncomp_head_start = self._head_starts()
             # the observed prompt queries too: a saved uncompressed prompt can be compressed after a load
             state.uncomp_window_queries = {s["il"]: self.window_queries(s["il"]) for s in self._layer_stats(0)}
@@ -349,8 +365,9 @@ class Llama(llama_cpp.Llama):
         """Restores a saved state (compressed or not) like the parent."""
         if self._attached:
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
-            if state.n_tokens > self._ctx.n_ctx():
-                self._resize_context(state.n_tokens)  # room for the saved cells, at most its tokens
+            cells = getattr(state, "uncomp_cells", state.n_tokens)
+            if cells > self._ctx.n_ctx():
+                self._resize_context(cells)  # room for the saved cells
         super().load_state(state)
         if self._attached:
             self._set_head_starts(getattr(state, "uncomp_head_start", {}))

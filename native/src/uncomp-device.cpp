@@ -1,5 +1,6 @@
 // The engine's device-side steps as ggml graphs (see uncomp-device.h).
 #include "uncomp-device.h"
+#include "uncomp-impl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 
 namespace {
 
@@ -76,18 +78,27 @@ void uncomp_device::allocate(ggml_context * ctx, ggml_cgraph * gf) {
 
 namespace {
 
+bool takes_part(const std::vector<uint32_t> * cells) {
+    return cells != nullptr && !cells->empty();
+}
+
 size_t n_heads_in(const std::vector<uncomp_head_cells> & jobs) {
     size_t n = 0;
     for (const auto & j : jobs) n += j.cells.size();
     return n;
 }
 
-// the cell indices of every head of every job, uploaded after allocation
+// the cell indices of every head of every job, uploaded after allocation; one tensor per distinct list
 struct cell_inputs {
     std::vector<std::pair<ggml_tensor *, const std::vector<uint32_t> *>> inputs;
-    ggml_tensor * add(ggml_context * ctx, const std::vector<uint32_t> & cells) {
-        ggml_tensor * idx = cell_index(ctx, cells);
-        inputs.emplace_back(idx, &cells);
+    std::unordered_map<const std::vector<uint32_t> *, ggml_tensor *> by_list;
+
+    ggml_tensor * add(ggml_context * ctx, const std::vector<uint32_t> * cells) {
+        ggml_tensor *& idx = by_list[cells];
+        if (idx == nullptr) {
+            idx = cell_index(ctx, *cells);
+            inputs.emplace_back(idx, cells);
+        }
         return idx;
     }
     void upload() const {
@@ -95,32 +106,61 @@ struct cell_inputs {
     }
 };
 
-// the values of each output tensor of a step, by layer and head (an empty vector where none was made)
-std::vector<std::vector<std::vector<float>>> read_outputs(const std::vector<std::vector<ggml_tensor *>> & outputs) {
-    std::vector<std::vector<std::vector<float>>> out(outputs.size());
-    for (size_t l = 0; l < outputs.size(); ++l) {
-        out[l].resize(outputs[l].size());
-        for (size_t h = 0; h < outputs[l].size(); ++h) {
-            if (ggml_tensor * t = outputs[l][h]) {
-                out[l][h].resize(ggml_nelements(t));
-                ggml_backend_tensor_get(t, out[l][h].data(), 0, ggml_nbytes(t));
+// a step's per-head results (f32), copied into one output tensor so that they come back in one read
+struct packed_outputs {
+    std::vector<std::vector<std::pair<ggml_tensor *, int64_t>>> parts; // [layer][head]: result, offset
+    int64_t       n_values = 0;
+    ggml_tensor * all      = nullptr;
+
+    explicit packed_outputs(size_t n_layers) : parts(n_layers) {}
+    void add(size_t l, size_t h, ggml_tensor * t) {
+        if (parts[l].size() <= h) parts[l].resize(h + 1, { nullptr, 0 });
+        parts[l][h] = { t, n_values };
+        n_values += ggml_nelements(t);
+    }
+    // after every add: the copies into one tensor, the graph's output
+    void pack(ggml_context * ctx, ggml_cgraph * gf) {
+        if (n_values == 0) return;
+        all = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, n_values);
+        ggml_set_output(all);
+        for (const auto & layer : parts) {
+            for (const auto & [t, at] : layer) {
+                if (t == nullptr) continue;
+                ggml_build_forward_expand(gf, ggml_cpy(ctx, t, ggml_view_1d(ctx, all, ggml_nelements(t), at * sizeof(float))));
             }
         }
     }
-    return out;
-}
+    // [layer][head] values; an empty vector where a head has none
+    template <typename T>
+    std::vector<std::vector<std::vector<T>>> read(const std::vector<size_t> & n_heads) const {
+        std::vector<float> values(n_values);
+        if (all != nullptr) ggml_backend_tensor_get(all, values.data(), 0, ggml_nbytes(all));
+        std::vector<std::vector<std::vector<T>>> out(parts.size());
+        for (size_t l = 0; l < parts.size(); ++l) {
+            out[l].resize(n_heads[l]);
+            for (size_t h = 0; h < parts[l].size(); ++h) {
+                if (const auto [t, at] = parts[l][h]; t != nullptr) {
+                    out[l][h].assign(values.begin() + at, values.begin() + at + ggml_nelements(t));
+                }
+            }
+        }
+        return out;
+    }
+};
 
 } // namespace
 
 std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const std::vector<uncomp_score_job> & jobs) {
+    uncomp_step_timer timer("scores");
     size_t n_heads = 0;
-    for (const auto & j : jobs) n_heads += j.keys.cells.size();
-    const size_t n_nodes = 16 * n_heads + 4 * jobs.size() + 16;
+    std::vector<size_t> heads_of(jobs.size());
+    for (size_t l = 0; l < jobs.size(); ++l) n_heads += heads_of[l] = jobs[l].keys.cells.size();
+    const size_t n_nodes = 20 * n_heads + 4 * jobs.size() + 16;
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
     std::vector<ggml_tensor *> q_in(jobs.size());
-    std::vector<std::vector<ggml_tensor *>> mass(jobs.size());
+    packed_outputs mass(jobs.size());
     for (size_t l = 0; l < jobs.size(); ++l) {
         const auto & j = jobs[l];
         const int64_t n_head_kv = (int64_t) j.keys.cells.size();
@@ -129,12 +169,11 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
         // q: [head_dim, wq, n_head]; the query heads of KV head h are [h*gqa, (h+1)*gqa)
         q_in[l] = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim, j.wq, j.n_head);
         ggml_set_input(q_in[l]);
-        mass[l].assign(n_head_kv, nullptr);
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            const int64_t n_h = (int64_t) j.keys.cells[h].size();
-            if (n_h == 0) {
+            if (!takes_part(j.keys.cells[h])) {
                 continue;
             }
+            const int64_t n_h = (int64_t) j.keys.cells[h]->size();
             ggml_tensor * k  = ggml_get_rows(ctx, head_rows(ctx, j.keys.storage, j.keys.stream, head_dim, h),
                                              cells.add(ctx, j.keys.cells[h]));                          // [head_dim, n_h] f32
             ggml_tensor * qg = ggml_view_3d(ctx, q_in[l], head_dim, j.wq, gqa, q_in[l]->nb[1], q_in[l]->nb[2],
@@ -143,34 +182,41 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
             kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n_h - j.wq));          // window row t sees cells < n_h - wq + t + 1
             kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
             kq = ggml_cont(ctx, ggml_permute(ctx, kq, 2, 0, 1, 3));               // [wq, gqa, n_h]
-            mass[l][h] = ggml_sum_rows(ctx, ggml_reshape_2d(ctx, kq, j.wq * gqa, n_h)); // [1, n_h]
-            ggml_set_output(mass[l][h]);
-            ggml_build_forward_expand(gf, mass[l][h]);
+            mass.add(l, (size_t) h, ggml_sum_rows(ctx, ggml_reshape_2d(ctx, kq, j.wq * gqa, n_h))); // [1, n_h]
         }
     }
+    mass.pack(ctx, gf);
+    timer.step("build");
     allocate(ctx, gf);
+    timer.step("alloc");
     for (size_t l = 0; l < jobs.size(); ++l) {
         ggml_backend_tensor_set(q_in[l], jobs[l].q.data(), 0, ggml_nbytes(q_in[l]));
     }
     cells.upload();
+    timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
-    auto out = read_outputs(mass);
+    ggml_backend_synchronize(backend);
+    timer.step("compute");
+    auto out = mass.read<float>(heads_of);
+    timer.step("read");
     ggml_free(ctx);
     return out;
 }
 
 std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
+    uncomp_step_timer timer("gram");
     const size_t n_nodes = 16 * n_heads_in(jobs) + 16;
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
-    std::vector<std::vector<ggml_tensor *>> gram(jobs.size());
+    packed_outputs gram(jobs.size());
+    std::vector<size_t> heads_of(jobs.size());
     for (size_t l = 0; l < jobs.size(); ++l) {
         const auto & j = jobs[l];
         const int64_t head_dim = j.head_dim;
-        gram[l].assign(j.cells.size(), nullptr);
+        heads_of[l] = j.cells.size();
         for (size_t h = 0; h < j.cells.size(); ++h) {
-            if (j.cells[h].empty()) {
+            if (!takes_part(j.cells[h])) {
                 continue;
             }
             ggml_tensor * k    = ggml_get_rows(ctx, head_rows(ctx, j.storage, j.stream, head_dim, (int64_t) h),
@@ -180,19 +226,20 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
             // unit rows: rms_norm gives rms 1, i.e. norm sqrt(head_dim); a zero row stays zero
             z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
             ggml_tensor * zt = ggml_cont(ctx, ggml_transpose(ctx, z));                                    // [n_h, head_dim]
-            gram[l][h] = ggml_mul_mat(ctx, zt, zt);                                                      // [head_dim, head_dim]
-            ggml_set_output(gram[l][h]);
-            ggml_build_forward_expand(gf, gram[l][h]);
+            gram.add(l, h, ggml_mul_mat(ctx, zt, zt));                                                   // [head_dim, head_dim]
         }
     }
+    gram.pack(ctx, gf);
+    timer.step("build");
     allocate(ctx, gf);
+    timer.step("alloc");
     cells.upload();
+    timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
-    const auto values = read_outputs(gram);
-    std::vector<std::vector<std::vector<double>>> out(values.size());
-    for (size_t l = 0; l < values.size(); ++l) {
-        for (const auto & g : values[l]) out[l].emplace_back(g.begin(), g.end());
-    }
+    ggml_backend_synchronize(backend);
+    timer.step("compute");
+    auto out = gram.read<double>(heads_of);
+    timer.step("read");
     ggml_free(ctx);
     return out;
 }
@@ -216,15 +263,15 @@ bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t 
         const size_t  head_bytes = ggml_row_size(j.storage->type, j.head_dim);
         const int64_t head_words = (int64_t) head_bytes / 4;
         for (size_t h = 0; h < j.cells.size(); ++h) {
-            if (j.cells[h].empty()) {
+            if (!takes_part(j.cells[h])) {
                 continue;
             }
             // a head's rows are gathered into a buffer, then written: its destinations overlap its sources;
             // heads occupy disjoint words of a row, so one head's writes never touch another's sources
             ggml_tensor * rows = ggml_get_rows(ctx, head_rows(ctx, words, j.stream, head_words, (int64_t) h),
                                                cells.add(ctx, j.cells[h]));                             // [head_words, n_h]
-            const size_t first = n_kept - j.cells[h].size();
-            ggml_tensor * dst = ggml_view_2d(ctx, words, head_words, (int64_t) j.cells[h].size(), words->nb[1],
+            const size_t first = n_kept - j.cells[h]->size();
+            ggml_tensor * dst = ggml_view_2d(ctx, words, head_words, (int64_t) j.cells[h]->size(), words->nb[1],
                                              j.stream * words->nb[2] + h * head_bytes + first * words->nb[1]);
             ggml_build_forward_expand(gf, ggml_cpy(ctx, rows, dst));
         }

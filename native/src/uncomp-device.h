@@ -17,7 +17,9 @@ struct uncomp_head_cells {
     ggml_tensor * storage;
     uint32_t      stream;
     int64_t       head_dim;
-    std::vector<std::vector<uint32_t>> cells; // per KV head, empty: not part of the step
+    // per KV head, owned by the caller; nullptr or empty: not part of the step. Heads holding the same
+    // cells point at one list (after a prompt every head does), which is uploaded once.
+    std::vector<const std::vector<uint32_t> *> cells;
 };
 
 // window queries of one layer against its heads' cells

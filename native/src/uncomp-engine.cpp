@@ -438,29 +438,40 @@ void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
     ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
 }
 
-// Window attention mass (attention_mass) of every layer's heads with tokens in scored[li][h] (indices
-// into cells/pos; empty: not scored), computed where each layer's keys live: the layers of one device
-// in one graph.
+// Window attention mass (attention_mass) of every layer's heads with scored[li][h] set over the tokens
+// they hold, held[li][h] (indices into cells/pos, increasing), computed where each layer's keys live:
+// the layers of one device in one graph.
 std::vector<std::vector<std::vector<float>>> window_masses(
         uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp, const std::vector<uint32_t> & layer_ids,
         uint32_t stream, const std::vector<uint32_t> & cells, const std::vector<llama_pos> & pos,
-        const std::vector<std::vector<std::vector<uint32_t>>> & scored) {
+        const std::vector<std::vector<const std::vector<uint32_t> *>> & held, const std::vector<std::vector<char>> & scored) {
     std::vector<std::vector<std::vector<float>>> mass(layer_ids.size());
+    std::deque<std::vector<uint32_t>> head_cells; // the cells of heads that hold a part of the sequence
     std::map<ggml_backend_dev_t, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>> on_device;
     for (size_t li = 0; li < layer_ids.size(); ++li) {
         const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = (int64_t) scored[li].size();
         mass[li].resize(n_head_kv);
-        if (std::all_of(scored[li].begin(), scored[li].end(), [](const auto & c) { return c.empty(); })) {
+        if (std::none_of(scored[li].begin(), scored[li].end(), [](char c) { return c; })) {
             continue;
         }
         ggml_tensor * k_storage = kv->get_k_storage(il);
         const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
         if (uncomp_device_wanted(k_storage)) {
             uncomp_score_job job;
-            job.keys = { k_storage, stream, hp.n_embd_head_k(il), std::vector<std::vector<uint32_t>>(n_head_kv) };
+            job.keys = { k_storage, stream, hp.n_embd_head_k(il), std::vector<const std::vector<uint32_t> *>(n_head_kv) };
             for (int64_t h = 0; h < n_head_kv; ++h) {
-                for (uint32_t i : scored[li][h]) job.keys.cells[h].push_back(cells[i]);
+                const auto & idx = *held[li][h];
+                if (!scored[li][h]) {
+                    continue;
+                }
+                if (idx.size() == cells.size()) { // the whole sequence (indices are increasing)
+                    job.keys.cells[h] = &cells;
+                    continue;
+                }
+                auto & to = head_cells.emplace_back(idx.size());
+                std::transform(idx.begin(), idx.end(), to.begin(), [&](uint32_t i) { return cells[i]; });
+                job.keys.cells[h] = &to;
             }
             job.wq = (int64_t) window_q.size();
             job.n_head = hp.n_head(il);
@@ -479,8 +490,8 @@ std::vector<std::vector<std::vector<float>>> window_masses(
         }
         const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            if (!scored[li][h].empty()) {
-                mass[li][h] = attention_mass(window_q, hp, il, h, k, pos, scored[li][h]);
+            if (scored[li][h]) {
+                mass[li][h] = attention_mass(window_q, hp, il, h, k, pos, *held[li][h]);
             }
         }
     }
@@ -506,7 +517,9 @@ void compact_layers(uncomp_state & st, llama_kv_cache * kv, const llama_hparams 
             const auto [storage, head_dim] = k_and_v[i];
             const bool transposed = i == 1 && kv->get_v_trans();
             if (!transposed && uncomp_device_wanted(storage)) {
-                on_device[uncomp_device_of(storage)].push_back({ storage, stream, head_dim, src[li] });
+                std::vector<const std::vector<uint32_t> *> heads;
+                for (const auto & c : src[li]) heads.push_back(&c);
+                on_device[uncomp_device_of(storage)].push_back({ storage, stream, head_dim, heads });
             } else {
                 compact_storage(storage, stream, transposed, head_dim, (int64_t) src[li].size(), src[li], n_kept);
             }
@@ -514,8 +527,10 @@ void compact_layers(uncomp_state & st, llama_kv_cache * kv, const llama_hparams 
     }
     for (auto & [dev, jobs] : on_device) {
         if (!device_of(st, jobs[0].storage).compact(jobs, n_kept)) {
-            for (const auto & j : jobs) {
-                compact_storage(j.storage, stream, false, j.head_dim, (int64_t) j.cells.size(), j.cells, n_kept);
+            for (const auto & j : jobs) { // a storage the device step cannot move as words: rare, so copied
+                std::vector<std::vector<uint32_t>> heads;
+                for (const auto * c : j.cells) heads.push_back(*c);
+                compact_storage(j.storage, stream, false, j.head_dim, (int64_t) heads.size(), heads, n_kept);
             }
         }
     }
@@ -532,7 +547,9 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     }
     const auto & hp = ctx->get_model().hparams;
     const uint32_t stream = kv->get_stream(seq_id);
+    uncomp_step_timer timer("compress");
     ctx->synchronize(); // the last evaluation may still be writing the cache
+    timer.step("sync");
     const auto & cells_ro = kv->get_cells(seq_id);
 
     // the sequence's cells, by position; it must own its stream's cells alone, so that its kept
@@ -557,8 +574,13 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     std::vector<std::vector<std::vector<uint32_t>>> kept(layer_ids.size());
     size_t n_kept = 0;
     bool evicts = false;
-    // per layer and head: the tokens it holds, how many it keeps, and those scored (heads that evict by score)
-    std::vector<std::vector<std::vector<uint32_t>>> held(layer_ids.size()), scored(layer_ids.size());
+    // per layer and head: the tokens it holds (indices into cells/pos), how many it keeps, and whether
+    // it is scored (it evicts by score). Heads of uncompressed layers share one list: every token.
+    std::vector<uint32_t> every_token(n);
+    std::iota(every_token.begin(), every_token.end(), 0u);
+    std::deque<std::vector<uint32_t>> head_tokens;
+    std::vector<std::vector<const std::vector<uint32_t> *>> held(layer_ids.size());
+    std::vector<std::vector<char>> scored(layer_ids.size());
     std::vector<std::vector<int64_t>> keep(layer_ids.size());
     for (size_t li = 0; li < layer_ids.size(); ++li) {
         const uint32_t il = layer_ids[li];
@@ -569,10 +591,16 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         scored[li].resize(n_head_kv);
         keep[li].resize(n_head_kv);
         for (int64_t h = 0; h < n_head_kv; ++h) {
-            for (int64_t i = 0; i < n; ++i) {
-                if (start.empty() || cells[i] >= start[h]) held[li][h].push_back((uint32_t) i);
+            if (start.empty()) {
+                held[li][h] = &every_token;
+            } else {
+                auto & mine = head_tokens.emplace_back();
+                for (int64_t i = 0; i < n; ++i) {
+                    if (cells[i] >= start[h]) mine.push_back((uint32_t) i);
+                }
+                held[li][h] = &mine;
             }
-            const int64_t n_h = (int64_t) held[li][h].size();
+            const int64_t n_h = (int64_t) held[li][h]->size();
             // never fewer than the window and the sinks: they are always kept, and the window's
             // tokens stay in the last cells at their true positions (a rewind inside it is exact)
             keep[li][h] = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
@@ -581,16 +609,18 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
                 if (wq < std::min<int64_t>(w, n_h)) {
                     return LLAMA_UNCOMP_ERR_NO_QUERIES;
                 }
-                scored[li][h] = held[li][h];
+                scored[li][h] = 1;
             }
         }
     }
     if (!evicts) {
         return (int32_t) n; // every head keeps what it holds
     }
+    timer.step("plan");
     std::vector<std::vector<std::vector<float>>> mass;
     try {
-        mass = window_masses(st, kv, hp, layer_ids, stream, cells, pos, scored);
+        mass = window_masses(st, kv, hp, layer_ids, stream, cells, pos, held, scored);
+        timer.step("scores");
     } catch (const std::exception & e) {
         LLAMA_LOG_ERROR("%s\n", e.what());
         return LLAMA_UNCOMP_ERR_DEVICE; // nothing moved yet
@@ -604,7 +634,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     uncomp_parallel_for(heads.size(), [&](size_t i) {
         const auto [li, h] = heads[i];
         const int64_t wq = (int64_t) st.window_q[layer_ids[li]].size();
-        const auto & hh = held[li][h];
+        const auto & hh = *held[li][h];
         const int64_t n_h = (int64_t) hh.size();
         const int64_t b = keep[li][h];
         auto & out = kept[li][h];
@@ -623,6 +653,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     for (const auto & layer : kept) {
         for (const auto & out : layer) n_kept = std::max(n_kept, out.size());
     }
+    timer.step("select");
 
     // move each head's kept rows so that they end at cell n_kept - 1 and record where each starts
     std::vector<std::vector<std::vector<uint32_t>>> src(layer_ids.size());
@@ -634,6 +665,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     }
     try {
         compact_layers(st, kv, hp, layer_ids, stream, src, n_kept);
+        timer.step("compact");
     } catch (const std::exception & e) {
         LLAMA_LOG_ERROR("%s\n", e.what());
         // host-side layers may be compacted already: the sequence cannot be kept
@@ -657,6 +689,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         cells_mut.seq_add((uint32_t) i, seq_id);
     }
     rebuild_graphs(ctx, st);
+    timer.step("cells");
     return (int32_t) n_kept;
 }
 

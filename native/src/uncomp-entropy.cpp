@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <functional>
+#include <map>
 #include <vector>
 
 // Eigenvalues of the symmetric d×d matrix a (row-major, destroyed), largest first: Householder
@@ -166,6 +168,7 @@ int32_t llama_uncomp_key_entropy(
     if (n_max < n_values) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
+    uncomp_step_timer timer("entropy");
     // one task per KV head, in output order: a Gram matrix made on the device, or the head's rows on the host
     struct head_task {
         int64_t n_rows;
@@ -179,6 +182,10 @@ int32_t llama_uncomp_key_entropy(
     host_keys.reserve(layers.size()); // rows point into these
     std::vector<uncomp_head_cells> device_cells;
     std::vector<size_t> device_first_task;
+    // each cache's cells of the sequence in position order (the layers of a cache share them), and the
+    // tails of them that compressed heads hold
+    std::map<const llama_kv_cache *, std::vector<uint32_t>> cache_cells;
+    std::deque<std::vector<uint32_t>> tails;
     uncomp_device * dev = nullptr;
     for (const auto & l : layers) {
         const int32_t il = (int32_t) l.il;
@@ -187,16 +194,20 @@ int32_t llama_uncomp_key_entropy(
         // head h holds the last rows[h] of the sequence's cells (a compressed head starts later)
         std::vector<int32_t> rows(n_head_kv);
         llama_uncomp_tokens_kept(ctx, seq_id, il, rows.data(), n_head_kv);
-        std::vector<uint32_t> cells;
-        for (const auto & pc : l.cache->get_cells(seq_id).seq_pos_get(seq_id)) cells.push_back(pc.second);
+        auto [it, fresh] = cache_cells.try_emplace(l.cache);
+        std::vector<uint32_t> & cells = it->second;
+        if (fresh) {
+            for (const auto & pc : l.cache->get_cells(seq_id).seq_pos_get(seq_id)) cells.push_back(pc.second);
+        }
         uncomp_device * layer_dev = uncomp_device_for(ctx, il);
         if (layer_dev != nullptr && (dev == nullptr || dev == layer_dev)) {
             dev = layer_dev;
             device_first_task.push_back(tasks.size());
             device_cells.push_back({ l.cache->get_k_storage(il), l.cache->get_stream(seq_id), head_dim,
-                                     std::vector<std::vector<uint32_t>>(n_head_kv) });
+                                     std::vector<const std::vector<uint32_t> *>(n_head_kv) });
             for (int32_t h = 0; h < n_head_kv; ++h) {
-                device_cells.back().cells[h].assign(cells.end() - rows[h], cells.end());
+                device_cells.back().cells[h] = (size_t) rows[h] == cells.size() ? &cells
+                                             : &tails.emplace_back(cells.end() - rows[h], cells.end());
                 tasks.push_back({ rows[h], head_dim, nullptr, nullptr, 0 });
             }
             continue;
@@ -210,10 +221,12 @@ int32_t llama_uncomp_key_entropy(
             tasks.push_back({ rows[h], head_dim, nullptr, first, n_embd });
         }
     }
+    timer.step("plan");
     std::vector<std::vector<std::vector<double>>> grams;
     if (dev != nullptr) {
         try {
             grams = dev->key_gram(device_cells);
+            timer.step("gram");
         } catch (const std::exception & e) {
             LLAMA_LOG_ERROR("%s\n", e.what());
             return LLAMA_UNCOMP_ERR_DEVICE;
@@ -234,5 +247,6 @@ int32_t llama_uncomp_key_entropy(
             out[i] = uncomp_truncated_entropy(t.rows, t.n_rows, t.stride, t.head_dim, k_trunc);
         }
     });
+    timer.step("eigen");
     return (int32_t) n_values;
 }

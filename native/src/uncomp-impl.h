@@ -3,8 +3,12 @@
 
 #include "llama.h"
 
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 class llama_kv_cache;
@@ -33,3 +37,25 @@ uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il);
 
 // f(i) for i in [0, n) on every core (the per-head work of a compression: eigen-solves, selections)
 void uncomp_parallel_for(size_t n, const std::function<void(size_t)> & f);
+
+// UNCOMP_TIMING=1: a step of the engine prints the milliseconds of its parts to stderr when it ends (to
+// find where a compression's time goes; not llama's log, which quiet models drop)
+struct uncomp_step_timer {
+    const char * name;
+    const bool   on = std::getenv("UNCOMP_TIMING") != nullptr;
+    std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+    std::string  line;
+
+    explicit uncomp_step_timer(const char * name) : name(name) {}
+    void step(const char * part) {
+        if (!on) return;
+        const auto now = std::chrono::steady_clock::now();
+        char buf[64];
+        snprintf(buf, sizeof(buf), " %s %.1f ms", part, std::chrono::duration<double, std::milli>(now - t).count());
+        line += buf;
+        t = now;
+    }
+    ~uncomp_step_timer() {
+        if (on && !line.empty()) fprintf(stderr, "uncomp %s:%s\n", name, line.c_str());
+    }
+};
