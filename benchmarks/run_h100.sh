@@ -10,6 +10,8 @@
 #     small random model (tools/compress_probe.py);
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
 #     (parts are kept in /tmp/parts between calls of a warm machine);
+#   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
+#     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
 #   - benchmarks/cuda_bench.py on a Llama-3-8B-shaped random Q4_0 GGUF written here, when given args.
 set -euo pipefail
@@ -42,6 +44,9 @@ if [ -f /tmp/smollm2.gguf ]; then
         python3 tools/passkey_answers.py "$OUT/passkey_ngl$ngl.json" --model /tmp/smollm2.gguf --n-gpu-layers $ngl
     done
     python3 tools/passkey_answers.py --compare "$OUT/passkey_ngl0.json" "$OUT/passkey_ngl-1.json" || true
+    if [ -n "${SOAK_CALLS:-}" ]; then
+        python3 tools/soak.py --model /tmp/smollm2.gguf --calls "$SOAK_CALLS" --n-gpu-layers -1 | tee "$OUT/soak_gpu.txt"
+    fi
 fi
 
 if [ "${SCHED_DEBUG:-0}" = 1 ]; then

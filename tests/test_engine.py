@@ -214,6 +214,31 @@ def test_shrunk_cache_releases_its_allocation_and_answers_the_same(smollm2_path)
     assert runs[True][5] == N_CTX  # n_ctx() stays what was asked for
 
 
+def test_a_session_loading_a_compressed_prompt_never_allocates_the_full_cache(smollm2_path):
+    """A shrinking model starts with n_batch cells and grows to what it is given: a second session that
+    loads the first one's compressed state allocates about what the state holds (the many-sessions
+    case), and answers as the first one does."""
+    first = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="snapkv", ratio=0.05, seed=0, verbose=False)
+    second = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="snapkv", ratio=0.05, seed=0, verbose=False,
+                            share_model_with=first)
+    try:
+        per_cell = first.compression_stats()["kv_bytes_allocated"] // first._ctx.n_ctx()
+        assert first._ctx.n_ctx() == 512 and first.n_ctx() == N_CTX  # n_batch cells until a prompt comes
+        prompt = passkey_prompt(150, 0.4, "60817")  # ~3.6k tokens: the cache grows for it, then shrinks
+        first.eval(first.tokenize(prompt.encode()))
+        state, held = first.save_state(), first.compression_stats()["kv_bytes"]
+        want = first.create_completion(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+        second.load_state(state)
+        loaded = second.compression_stats()
+        assert loaded["kv_bytes"] == held
+        assert loaded["kv_bytes_allocated"] <= 512 * per_cell < loaded["kv_bytes_full"] / 4
+        got = second.create_completion(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+        assert got == want and "60817" in got
+    finally:
+        second.close()
+        first.close()
+
+
 @pytest.mark.parametrize("model, method, cache", [("smollm2-135m", "uncomp", "f16"), ("smollm2-135m", "snapkv", "q8_0"),
                                                   ("gemma3-270m", "uncomp", "f16")])
 def test_device_path_keeps_what_the_host_path_keeps(tmp_path, smollm2_path, gemma3_path, model, method, cache):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pack what tools/device_cuda_check.sh needs on the GPU machine (no network there) into .src/:
+# Pack what benchmarks/run_h100.sh and tools/device_cuda_check.sh need on the GPU machine (no network there) into .src/:
 # the fetched+patched llama.cpp tree without docs/models/tests (the sdist itself is over the
 # 64 MiB carry limit), the synthetic-GGUF writer, llama-cpp-python's Python layer, and cp312 wheels.
 set -euo pipefail

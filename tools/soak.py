@@ -1,6 +1,7 @@
-"""Soak: many generate calls with compression on one Llama; prints resident memory (RSS) as it goes.
+"""Soak: many generate calls with compression on one Llama; prints resident memory (RSS) as it goes,
+and the GPU's memory in use (nvidia-smi) when layers are offloaded.
 
-    python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05]
+    python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05] [--n-gpu-layers -1]
 
 Each call evaluates a different prompt (~640 tokens with the default 90 items) (so it is evaluated, compressed and its cache shrunk
 anew) and generates 8 tokens. RSS is read from /proc/self/statm every ten calls."""
@@ -8,6 +9,7 @@ anew) and generates 8 tokens. RSS is read from /proc/self/statm every ten calls.
 import argparse
 import os
 import resource
+import subprocess
 import time
 
 import pyuncomp
@@ -18,6 +20,13 @@ def rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def gpu_mib():
+    """Memory in use on the first GPU (MiB) as nvidia-smi reports it."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.split()[0])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -25,9 +34,11 @@ def main():
     ap.add_argument("--method", default="uncomp")
     ap.add_argument("--ratio", type=float, default=0.05)
     ap.add_argument("--items", type=int, default=90, help="filler sentences per prompt (~7 tokens each)")
+    ap.add_argument("--n-gpu-layers", type=int, default=0)
     a = ap.parse_args()
     llm = pyuncomp.Llama(str(pyuncomp.resolve_model(a.model)), n_ctx=2048, method=a.method, ratio=a.ratio,
-                         seed=0, verbose=False)
+                         n_gpu_layers=a.n_gpu_layers, seed=0, verbose=False)
+    on_gpu = a.n_gpu_layers != 0
     filler = " ".join(f"Item {i} is a red car." for i in range(a.items))
     t0 = time.time()
     marks = []
@@ -35,11 +46,15 @@ def main():
         prompt = f"Document {call}. " + filler + f" The pass key is {call * 7919 % 100000}. The pass key is"
         llm.create_completion(prompt, max_tokens=8, temperature=0.0)
         if call % 10 == 0:
-            marks.append((call, rss_mib()))
-            print(f"call {call:5d}: RSS {marks[-1][1]:8.1f} MiB, {time.time() - t0:6.0f} s", flush=True)
+            marks.append((call, rss_mib(), gpu_mib() if on_gpu else None))
+            gpu = f", GPU {marks[-1][2]:8.0f} MiB" if on_gpu else ""
+            print(f"call {call:5d}: RSS {marks[-1][1]:8.1f} MiB{gpu}, {time.time() - t0:6.0f} s", flush=True)
     s = llm.compression_stats()
     llm.close()
     growth = marks[-1][1] - marks[0][1]
+    if on_gpu:
+        print(f"GPU memory after call {marks[0][0]}: {marks[0][2]:.0f} MiB, after call {marks[-1][0]}: "
+              f"{marks[-1][2]:.0f} MiB (growth {marks[-1][2] - marks[0][2]:+.0f} MiB)")
     print(f"RSS after call {marks[0][0]}: {marks[0][1]:.1f} MiB, after call {marks[-1][0]}: {marks[-1][1]:.1f} MiB "
           f"(growth {growth:+.1f} MiB); peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB; "
           f"last KV held {s['kv_bytes'] / 2**20:.2f} MiB of {s['kv_bytes_full'] / 2**20:.2f} MiB")
