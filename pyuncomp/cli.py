@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -111,6 +112,10 @@ def cmd_chat(args) -> int:
         reply = []
         stream = llm.create_chat_completion(messages, max_tokens=args.max_tokens, temperature=args.temperature,
                                             seed=args.seed, stream=True)
+        # Ctrl-C during a reply stops it: a flag checked between tokens, not KeyboardInterrupt, which can
+        # land inside a ctypes callback of llama-cpp-python (llama.cpp's log) and be swallowed there
+        interrupted = []
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         try:
             for chunk in stream:
                 if bar is not None:
@@ -120,10 +125,12 @@ def cmd_chat(args) -> int:
                 reply.append(text)
                 sys.stdout.write(text)
                 sys.stdout.flush()
-        except KeyboardInterrupt:
-            sys.stdout.write(" [stopped]")
-            stream.close()  # now, not at exit: a generator finalised at exit reports into stderr
+                if interrupted:
+                    sys.stdout.write(" [stopped]")
+                    stream.close()  # now, not at exit: a generator finalised at exit reports into stderr
+                    break
         finally:
+            signal.signal(signal.SIGINT, previous)
             if bar is not None:
                 bar.close()
                 bar = None

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -93,6 +94,9 @@ class Llama(llama_cpp.Llama):
     observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
     evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
     ``compress`` for each).
+    on_unsupported: what to do when the model's memory is not a KV cache (recurrent or hybrid
+    architectures): ``"error"`` (default) raises ValueError naming the architecture; ``"full"`` warns
+    (RuntimeWarning) and runs the model with its own, uncompressed memory.
     share_model_with: another open ``Llama`` whose loaded weights this one uses instead of loading
     ``model_path`` again (its own context and cache; model options such as ``n_gpu_layers`` are the
     owner's). Many compressed sessions then fit beside one copy of the model. The owner must stay
@@ -113,11 +117,14 @@ class Llama(llama_cpp.Llama):
         shrink_cache: bool = True,
         auto_compress: bool = True,
         share_model_with: Optional["llama_cpp.Llama"] = None,
+        on_unsupported: str = "error",
         **kwargs,
     ):
         for name, value in (("shrink_cache", shrink_cache), ("auto_compress", auto_compress)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: must be True or False, got {value!r}")
+        if on_unsupported not in ("error", "full"):
+            raise ValueError(f"on_unsupported: must be 'error' or 'full', got {on_unsupported!r}")
         self.auto_compress = auto_compress  # may be switched at any time
         # called as (tokens evaluated, tokens in the prompt) while a long prompt of a compressing model is
         # evaluated, chunk by chunk (e.g. a progress bar); may be set at any time
@@ -158,8 +165,19 @@ class Llama(llama_cpp.Llama):
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
             if err == lib.LLAMA_UNCOMP_ERR_MEMORY:
                 arch = self.metadata.get("general.architecture", "?")
-                raise ValueError(f"method={method!r}: the '{arch}' architecture's memory is not a KV cache "
-                                 "(recurrent or hybrid), so there is nothing to compress")
+                message = (f"method={method!r}: the '{arch}' architecture's memory is not a KV cache "
+                           "(recurrent or hybrid), so there is nothing to compress")
+                if on_unsupported == "error":
+                    raise ValueError(message + "; on_unsupported='full' runs it uncompressed")
+                warnings.warn(message + "; running it with its full memory (on_unsupported='full')",
+                              RuntimeWarning, stacklevel=2)
+                self.compression = CompressionConfig(**{**self.compression.as_dict(), "method": "full"})
+                self.policy = None
+                self._shrink_cache = False
+                if lazy:  # it started small to grow on compression: give it its whole context now
+                    self._ctx.close()
+                    self._ctx = self._new_context(self._n_ctx)
+                return
             _check(err)
             self._attached = True
             # a rebuilt iSWA context prunes its sliding-window cells differently, which moved Gemma 3's
@@ -221,6 +239,8 @@ class Llama(llama_cpp.Llama):
         it are dropped and sampling starts from the prompt's saved logits, as the first time."""
         tokens = list(tokens)
         n = len(tokens)
+        if n == 0 and (reset or self.n_tokens == 0):
+            raise ValueError("prompt: empty; there is nothing to continue from (give at least one token)")
         if (reset and self._attached and self._prompt_logits is not None and n > 0
                 and self._prompt_logits[0] == n == self._compressed_upto < self.n_tokens
                 and list(self._input_ids[:n]) == tokens):
@@ -293,15 +313,20 @@ class Llama(llama_cpp.Llama):
         lib.llama_uncomp_detach(self._ctx_ptr())
         self._attached = False
         self._ctx.close()  # before allocating the new one: the point is not to hold both
-        params = type(self.context_params).from_buffer_copy(self.context_params)
-        params.n_ctx = n_cells
-        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
+        self._ctx = self._new_context(n_cells)
         _check(lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr()))
         self._attached = True
         if llama_cpp.llama_state_set_data(self._ctx.ctx, state, size) != size:
             raise RuntimeError("pyuncomp: could not move the cache into the resized context")
         self._set_head_starts(layout)
         self._cells_used = self._cells_held()
+
+    def _new_context(self, n_cells: int):
+        """A llama context like this model's, with n_cells cells (not in the parent's exit stack:
+        ``close`` closes it)."""
+        params = type(self.context_params).from_buffer_copy(self.context_params)
+        params.n_ctx = n_cells
+        return _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
 
     def _compress(self, seq_id: int) -> None:
         """Splits the sequence's budget with the policy and lets the engine evict down to it."""

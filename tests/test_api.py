@@ -111,3 +111,42 @@ def test_a_budget_below_the_window_keeps_the_window_and_sinks(smollm2_path):
         llm.eval([token])
     assert np.asarray(llm.compression_stats()["tokens_kept"]).max() == cfg.window + cfg.n_sink + 4
     llm.close()
+
+
+def test_an_architecture_without_a_kv_cache_is_refused_by_name(tmp_path):
+    from synthetic_models import write_mamba_gguf
+
+    path = str(write_mamba_gguf(tmp_path / "mamba.gguf"))
+    with pytest.raises(ValueError, match="'mamba' architecture's memory is not a KV cache"):
+        pyuncomp.Llama(path, n_ctx=256, ratio=0.1, verbose=False)
+
+
+def test_on_unsupported_full_warns_and_runs_the_model_uncompressed(tmp_path):
+    from synthetic_models import write_mamba_gguf
+
+    path = str(write_mamba_gguf(tmp_path / "mamba.gguf"))
+    with pytest.warns(RuntimeWarning, match="'mamba'.*full memory"):
+        llm = pyuncomp.Llama(path, n_ctx=1024, ratio=0.1, on_unsupported="full", seed=0, verbose=False)
+    try:
+        assert llm.compression.method == "full" and llm._ctx.n_ctx() == 1024
+        stock = pyuncomp.Llama(path, n_ctx=1024, method="full", seed=0, verbose=False)
+        prompt = [259 + i % 41 for i in range(600)]  # token ids: more than the small context it started with
+        want = stock(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+        assert llm(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"] == want
+        stock.close()
+    finally:
+        llm.close()
+    with pytest.raises(ValueError, match="on_unsupported: must be 'error' or 'full'"):
+        pyuncomp.Llama(path, ratio=0.1, on_unsupported="warn", verbose=False)
+
+
+@pytest.mark.parametrize("method", ["full", "uncomp"])
+def test_an_empty_prompt_is_a_clear_error_and_the_model_stays_usable(smollm2_path, method):
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=1024, method=method, ratio=0.1, seed=0, verbose=False)
+    try:
+        for prompt in ("", []):
+            with pytest.raises(ValueError, match="prompt: empty"):
+                llm.create_completion(prompt, max_tokens=4)
+        assert "Paris" in llm("The capital of France is", max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    finally:
+        llm.close()
