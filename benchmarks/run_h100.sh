@@ -6,6 +6,8 @@
 #   bash benchmarks/run_h100.sh [cuda_bench args...]     # e.g. --depths 8192 32768 65536
 # It builds pyuncomp with CUDA (PYUNCOMP_REUSE_BUILD=1: keep a warm machine's build), then, each step
 # skipped when it has nothing to do:
+#   - native/tests/test-uncomp-device-ops against the CUDA libllama: each device step on CUDA and on the
+#     CPU against references on random inputs (always);
 #   - PROBE_CACHES (default "f16 q8_0"): the CUDA path keeps what the CPU path keeps, same prompt,
 #     small random model (tools/compress_probe.py);
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
@@ -19,6 +21,11 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source tools/device_build.sh
 export PYTHONUNBUFFERED=1
 synth() { PYTHONPATH=third_party/llama.cpp/gguf-py:$PYTHONPATH python3 .src/synth_gguf.py "$@" >/dev/null; }
+
+LIB=$SITE/pyuncomp/lib
+g++ -O2 -std=c++17 native/tests/test-uncomp-device-ops.cpp -Inative/src -Ithird_party/llama.cpp/include \
+    -Ithird_party/llama.cpp/ggml/include -L"$LIB" -lllama -lggml -lggml-base -Wl,-rpath,"$LIB" -o /tmp/test-uncomp-device-ops
+/tmp/test-uncomp-device-ops || echo "test-uncomp-device-ops FAILED"
 
 if [ -n "${PROBE_CACHES-f16 q8_0}" ]; then
     synth /tmp/small.gguf --layers 8 --embd 1024 --ff 2816 --heads 16 --kv-heads 4 --vocab 32000 --ctx 8192

@@ -52,6 +52,17 @@ def test_native_engine_under_asan(path):
         line for config in configs for line in (config, config + ", two sequences")]
 
 
+@needs_cmake
+def test_device_steps_match_references_under_asan():
+    """uncomp-device.h's steps on every ggml device of this build (the CPU here; benchmarks/run_h100.sh
+    runs the same binary on CUDA) against references on fresh random inputs, f16 and q8_0, poisoned
+    rows kept: native/tests/test-uncomp-device-ops.cpp."""
+    r = subprocess.run([str(build("test-uncomp-device-ops"))], capture_output=True, text=True, env=ASAN_ENV)
+    assert r.returncode == 0, r.stdout + r.stderr[-8000:]
+    assert "device CPU" in r.stdout and "all checks passed" in r.stdout
+    assert r.stdout.count("3 rounds of scores, Gram matrices, compaction") == 4
+
+
 def asan_python_env():
     """The environment that runs Python on the ASan + UBSan libllama: the sanitizer runtime preloaded
     (Python itself is not instrumented), leaks not reported (the interpreter keeps its own at exit)."""
