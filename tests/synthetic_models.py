@@ -1,5 +1,6 @@
 """Tiny random-weight GGUFs of architectures the real test models do not cover (meaningless text; for
-error paths only). Written with llama.cpp's gguf-py from the pinned tree."""
+error paths only). Written with llama.cpp's gguf-py from the pinned tree (it needs PyYAML, a test
+dependency)."""
 
 import sys
 from pathlib import Path
