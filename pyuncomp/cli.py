@@ -85,6 +85,7 @@ def cmd_chat(args) -> int:
     from tqdm import tqdm
 
     llm = _load(args)
+    llm.new_turns = args.new_turns
     messages = [{"role": "system", "content": args.system}] if args.system else []
     attached = []
     print("pyuncomp chat: type a message (/help for commands); an empty line or Ctrl-D quits.", file=sys.stderr)
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--new-turns", choices=["append", "reevaluate"], default="append",
+                      help="append (default): a turn is evaluated after the kept tokens; reevaluate: the whole "
+                           "chat is evaluated again each turn, so its compression is scored by the new question")
     chat.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="accuracy of every method and ratio on synthetic long-context tasks",

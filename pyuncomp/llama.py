@@ -94,6 +94,11 @@ class Llama(llama_cpp.Llama):
     observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
     evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
     ``compress`` for each).
+    new_turns: how a later multi-token evaluation (a chat's next turn) meets a compressed history:
+    ``"append"`` (default) evaluates it after the kept tokens and compresses again; ``"reevaluate"``
+    evaluates the whole history afresh (full cache, then compressed, scored by the new turn's window),
+    so that tokens the first compression evicted can answer the new question, at the price of
+    evaluating the history again each turn. May be set at any time.
     on_unsupported: what to do when the model's memory is not a KV cache (recurrent or hybrid
     architectures): ``"error"`` (default) raises ValueError naming the architecture; ``"full"`` warns
     (RuntimeWarning) and runs the model with its own, uncompressed memory.
@@ -118,6 +123,7 @@ class Llama(llama_cpp.Llama):
         auto_compress: bool = True,
         share_model_with: Optional["llama_cpp.Llama"] = None,
         on_unsupported: str = "error",
+        new_turns: str = "append",
         **kwargs,
     ):
         for name, value in (("shrink_cache", shrink_cache), ("auto_compress", auto_compress)):
@@ -125,6 +131,7 @@ class Llama(llama_cpp.Llama):
                 raise ValueError(f"{name}: must be True or False, got {value!r}")
         if on_unsupported not in ("error", "full"):
             raise ValueError(f"on_unsupported: must be 'error' or 'full', got {on_unsupported!r}")
+        self.new_turns = new_turns
         self.auto_compress = auto_compress  # may be switched at any time
         # called as (tokens evaluated, tokens in the prompt) while a long prompt of a compressing model is
         # evaluated, chunk by chunk (e.g. a progress bar); may be set at any time
@@ -186,6 +193,16 @@ class Llama(llama_cpp.Llama):
                 self._shrink_cache = False
                 self._resize_context(self._n_ctx)  # its whole allocation from the start
 
+    @property
+    def new_turns(self) -> str:
+        return self._new_turns
+
+    @new_turns.setter
+    def new_turns(self, value: str) -> None:
+        if value not in ("append", "reevaluate"):
+            raise ValueError(f"new_turns: must be 'append' or 'reevaluate', got {value!r}")
+        self._new_turns = value
+
     def _ctx_ptr(self):
         return context_ptr(self._ctx.ctx)
 
@@ -194,10 +211,13 @@ class Llama(llama_cpp.Llama):
         turn) the sequence's cache is compressed to its budget."""
         if not self._attached:
             return super().eval(tokens)
-        if self.n_tokens < self._compressed_upto - self.compression.window:
-            # the prompt diverges inside the compressed history: its evicted tokens cannot be
-            # restored, so the whole prompt is evaluated afresh. (The window's tokens are kept by
-            # every head at their true positions: rewinding into them is exact.)
+        diverges = self.n_tokens < self._compressed_upto - self.compression.window
+        new_turn = self.new_turns == "reevaluate" and self._compressed_upto > 0 and len(tokens) > 1
+        if diverges or new_turn:
+            # diverging inside the compressed history: its evicted tokens cannot be restored, so the
+            # whole prompt is evaluated afresh. (The window's tokens are kept by every head at their
+            # true positions: rewinding into them is exact.) new_turns="reevaluate" does the same for
+            # every new turn, so that its compression is scored by the new question.
             tokens = list(self._input_ids[: self.n_tokens]) + list(tokens)
             self.n_tokens = 0
             self._compressed_upto = 0

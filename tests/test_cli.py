@@ -31,9 +31,10 @@ def test_chat_streams_a_reply_per_turn(smollm2_path):
     assert r.stdout == "> " + case["content"] + "\n> "
 
 
-def test_chat_keeps_the_conversation(smollm2_path):
+@pytest.mark.parametrize("new_turns", ["append", "reevaluate"])
+def test_chat_keeps_the_conversation(smollm2_path, new_turns):
     # the second turn sees the first: the prompt grows, so the reply differs from a fresh one
-    r = pyuncomp("chat", "--model", smollm2_path, "--max-tokens", "16",
+    r = pyuncomp("chat", "--model", smollm2_path, "--max-tokens", "16", "--new-turns", new_turns,
                  stdin="My name is Ada.\nWhat is my name?\n")
     assert r.returncode == 0, r.stderr
     replies = r.stdout.split("> ")[1:-1]

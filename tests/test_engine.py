@@ -138,6 +138,29 @@ def test_a_new_turn_is_appended_then_recompressed(engines, method):
     assert held <= round(0.1 * stats["n_tokens"]) + 8
 
 
+def test_new_turns_reevaluate_answers_a_turn_as_a_fresh_evaluation_of_the_whole_chat(smollm2_path):
+    """new_turns="reevaluate": a chat's second turn re-evaluates the history with the full cache and
+    compresses it scored by the new question, so it answers as a model given the whole chat at once."""
+    doc = passkey_prompt(60, 0.3, "27364")
+    turn1 = [{"role": "user", "content": doc.rsplit("What is", 1)[0] + "Say OK."}]
+    kwargs = dict(n_ctx=N_CTX, method="uncomp", ratio=0.05, seed=0, verbose=False)
+    llm = pyuncomp.Llama(smollm2_path, new_turns="reevaluate", **kwargs)
+    fresh = pyuncomp.Llama(smollm2_path, share_model_with=llm, **kwargs)
+    try:
+        a1 = llm.create_chat_completion(turn1, max_tokens=4, temperature=0.0)["choices"][0]["message"]
+        turn2 = turn1 + [a1, {"role": "user", "content": "What is the pass key?"}]
+        got = llm.create_chat_completion(turn2, max_tokens=10, temperature=0.0)["choices"][0]["message"]["content"]
+        want = fresh.create_chat_completion(turn2, max_tokens=10, temperature=0.0)["choices"][0]["message"]["content"]
+        assert got == want
+        stats = llm.compression_stats()
+        assert stats["kv_bytes"] < stats["kv_bytes_full"] / 5  # compressed again after the turn
+        with pytest.raises(ValueError, match="new_turns: must be 'append' or 'reevaluate'"):
+            llm.new_turns = "recompute"
+    finally:
+        fresh.close()
+        llm.close()
+
+
 def test_a_diverging_prompt_gives_what_a_fresh_evaluation_gives(engines):
     llm = engines("snapkv", 0.1)
     other = passkey_prompt(60, 0.5, "99991")
