@@ -156,7 +156,8 @@ def cmd_eval(args) -> int:
     tasks = list(TASKS) if args.tasks == ["all"] else args.tasks
     result = evaluate(str(models.resolve(args.model)), tasks, args.methods, args.ratios, args.lengths,
                       depths=args.depths, samples=args.samples, seed=args.seed, out_dir=args.out,
-                      progress=not args.quiet, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+                      progress=not args.quiet, new_turns=args.new_turns, n_threads=args.threads,
+                      n_gpu_layers=args.n_gpu_layers)
     from .eval.report import markdown_table
 
     print(markdown_table(result["summary"]))
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     ev.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--new-turns", choices=["append", "reevaluate"], default="append",
+                    help="how the chat task's second turn meets the compressed first one (default append)")
     ev.set_defaults(func=cmd_eval)
 
     prof = sub.add_parser("profile", help="per-head key entropy, tokens kept and likely retrieval heads of a prompt",

@@ -35,10 +35,12 @@ def _check_args(tasks, lengths, depths, samples):
 
 def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], ratios: Iterable[float],
              lengths: Iterable[int], depths: Iterable[float] = (0.0, 0.25, 0.5, 0.75, 1.0), samples: int = 1,
-             seed: int = 0, out_dir: Optional[str] = None, progress: bool = False, **llama_kwargs) -> dict:
+             seed: int = 0, out_dir: Optional[str] = None, progress: bool = False, new_turns: str = "append",
+             **llama_kwargs) -> dict:
     """Runs every task at every length (and depth, for needle tasks) under every setting (``full``
     once, every other method at every ratio). Returns {"run", "records", "summary"}; with out_dir, also
-    writes results.json, summary.md and PNG plots there. Bad arguments raise ValueError."""
+    writes results.json, summary.md and PNG plots there. new_turns: how the chat task's second turn
+    meets the compressed first one (``pyuncomp.Llama``'s parameter). Bad arguments raise ValueError."""
     tasks, lengths, depths = list(tasks), list(lengths), list(depths)
     _check_args(tasks, lengths, depths, samples)
     settings = settings_for(methods, ratios)
@@ -51,6 +53,7 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
         raise ValueError(f"length: {max(lengths)} tokens is longer than the model's context ({n_ctx_train})")
     ev = Evaluator(str(model_path), n_ctx, **llama_kwargs)
     try:
+        ev.llm.new_turns = new_turns
         if "chat" in tasks:
             ev.chat_formatter()  # a model without a chat template is refused before any work
         todo = [s for t in tasks for n in lengths for s in make_samples(t, n, depths, samples, seed, ev.count_tokens)]
@@ -65,7 +68,7 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
         ev.close()
     summary = summarize(records)
     run = {"model": Path(model_path).name, "tasks": tasks, "settings": [s.name for s in settings],
-           "lengths": lengths, "depths": depths, "samples": samples, "seed": seed, "n_ctx": n_ctx,
+           "lengths": lengths, "depths": depths, "samples": samples, "seed": seed, "n_ctx": n_ctx, "new_turns": new_turns,
            "seconds": round(time.perf_counter() - t0, 1)}
     if out_dir is not None:
         out = Path(out_dir)
