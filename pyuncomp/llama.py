@@ -439,9 +439,7 @@ class Llama(llama_cpp.Llama):
         last = int(self.input_ids[n - 1])
         self.n_tokens = n - 1
         llama_cpp.Llama.eval(self, [last])  # removes the cells from position n - 1 on first
-        raw = (ctypes.c_uint8 * state.llama_state_size).from_buffer_copy(state.llama_state)
-        if llama_cpp.llama_state_set_data(self._ctx.ctx, raw, state.llama_state_size) != state.llama_state_size:
-            raise RuntimeError("pyuncomp: could not restore the saved cache")
+        llama_cpp.Llama.load_state(self, state)  # the saved cache again; the logits row stays
         self._last_logits()[:] = logits
         self._prompt_logits = (n, logits.copy())
         self._requires_eval = False  # the parent samples from these logits on an exact prompt hit

@@ -18,10 +18,15 @@ def passkey_prompt(n_filler: int, depth: float, key: str) -> str:
             + "".join(parts) + "What is the pass key? The pass key is")
 
 
+def passkey_key(depth: float, salt: int = 0) -> str:
+    """The 5-digit key hidden at depth (seeded by it, and by salt)."""
+    return str(random.Random(int(depth * 100) + salt).randint(10000, 99999))
+
+
 def passkey_score(llm, n_filler=90, depths=(0.1, 0.3, 0.5, 0.7, 0.9)):
     hits = 0
     for depth in depths:
-        key = str(random.Random(int(depth * 100)).randint(10000, 99999))
+        key = passkey_key(depth)
         out = llm(passkey_prompt(n_filler, depth, key), max_tokens=8, temperature=0.0)["choices"][0]["text"]
         hits += key in out
     return hits

@@ -72,6 +72,12 @@ def asan_python_env():
             "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
 
 
+def assert_sanitizer_clean(r):
+    """A Python run on the instrumented library exited 0 with no ASan or UBSan report."""
+    assert r.returncode == 0, r.stderr[-8000:]
+    assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-8000:]
+
+
 GENERATE_UNDER_ASAN = """
 import json, sys
 import pyuncomp
@@ -98,8 +104,7 @@ def test_python_generate_under_asan(tmp_path):
     script = GENERATE_UNDER_ASAN.format(tests=str(ROOT / "tests"), lib=(BUILD / "bin").as_posix(),
                                         model=str(pyuncomp.resolve_model(None)))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-8000:]
-    assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-8000:]
+    assert_sanitizer_clean(r)
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert "31415" in result["first"], result
     assert result["kv_bytes"] < result["kv_bytes_full"] / 5, result
@@ -113,8 +118,7 @@ def test_fuzz_corpus_replays_under_asan(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_api.py"), "--replay",
                         str(ROOT / "tests" / "fuzz" / "corpus")],
                        capture_output=True, text=True, env=asan_python_env(), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-8000:]
-    assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-8000:]
+    assert_sanitizer_clean(r)
     outcomes = json.loads(r.stdout.strip().splitlines()[-1])
     assert {"params refused", "params: compressed", "budgets refused", "budgets: compressed",
             "split: budgets", "split: weights refused"} <= set(outcomes), outcomes

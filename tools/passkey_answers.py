@@ -8,14 +8,13 @@ checks that two runs (e.g. CPU and CUDA) gave the same answers.
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import pyuncomp  # noqa: E402
-from test_engine import passkey_prompt  # noqa: E402  (the tests' prompt)
+from test_engine import passkey_key, passkey_prompt  # noqa: E402  (the tests' prompt and keys)
 
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -27,7 +26,7 @@ def answers(a):
                              ratio=1.0 if method == "full" else a.ratio, seed=0, verbose=False)
         rows = []
         for depth in DEPTHS:
-            key = str(random.Random(int(depth * 100)).randint(10000, 99999))
+            key = passkey_key(depth)
             text = llm(passkey_prompt(a.fillers, depth, key), max_tokens=8, temperature=0.0)["choices"][0]["text"]
             stats = llm.compression_stats()
             rows.append({"depth": depth, "key": key, "answer": text, "hit": key in text,

@@ -4,14 +4,13 @@
 """
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import pyuncomp  # noqa: E402
-from test_engine import passkey_prompt  # noqa: E402  (the same prompt as the tests)
+from test_engine import passkey_key, passkey_prompt  # noqa: E402  (the same prompt as the tests)
 
 
 def main():
@@ -36,7 +35,7 @@ def main():
                                  **(overrides if method != "full" else {}))
             cells, n_tokens = [], 0
             for depth in a.depths:
-                key = str(random.Random(int(depth * 100) + n_filler).randint(10000, 99999))
+                key = passkey_key(depth, salt=n_filler)
                 out = llm(passkey_prompt(n_filler, depth, key), max_tokens=8, temperature=0.0)
                 n_tokens = out["usage"]["prompt_tokens"]
                 cells.append("✓" if key in out["choices"][0]["text"] else "✗")

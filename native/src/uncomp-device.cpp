@@ -195,7 +195,6 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
     cells.upload();
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
-    ggml_backend_synchronize(backend);
     timer.step("compute");
     auto out = mass.read<float>(heads_of);
     timer.step("read");
@@ -236,7 +235,6 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
     cells.upload();
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
-    ggml_backend_synchronize(backend);
     timer.step("compute");
     auto out = gram.read<double>(heads_of);
     timer.step("read");

@@ -146,7 +146,6 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
     return entropy_of_gram(a, n, d, k_trunc);
 }
 
-
 int32_t llama_uncomp_key_entropy(
         const struct llama_context * ctx,
                     llama_seq_id   seq_id,
