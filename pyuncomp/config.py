@@ -23,6 +23,11 @@ class CompressionConfig:
     pool_kernel: odd width of the 1-D pooling over token scores.
     n_sink: first tokens always kept.
     n_head_groups: UNComp head groups per layer.
+    prefill_prune: prune hidden states during the prompt's evaluation (UNComp's first stage): layers
+    after ``prefill_layer`` run only on the tokens that layer's window attention ranks highest, about
+    ``prefill_keep`` of them, at their own positions, and cache only those (llama-architecture models).
+    prefill_layer: the last layer that sees every token; None: a quarter of the way, n_layer // 4.
+    prefill_keep: fraction of the prompt's tokens the later layers run on, in (0, 1] (the window always).
     """
 
     ratio: float = 1.0
@@ -32,6 +37,9 @@ class CompressionConfig:
     pool_kernel: int = 7
     n_sink: int = 0
     n_head_groups: int = 2
+    prefill_prune: bool = False
+    prefill_layer: Optional[int] = None
+    prefill_keep: float = 0.5
 
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -44,6 +52,15 @@ class CompressionConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{f}: must be an integer, got {value!r}")
+        if not isinstance(self.prefill_prune, bool):
+            raise ValueError(f"prefill_prune: must be True or False, got {self.prefill_prune!r}")
+        if self.prefill_layer is not None and (isinstance(self.prefill_layer, bool)
+                                               or not isinstance(self.prefill_layer, numbers.Integral)
+                                               or self.prefill_layer < 0):
+            raise ValueError(f"prefill_layer: must be a layer index >= 0 (or None), got {self.prefill_layer!r}")
+        if (isinstance(self.prefill_keep, bool) or not isinstance(self.prefill_keep, numbers.Real)
+                or not 0.0 < self.prefill_keep <= 1.0):
+            raise ValueError(f"prefill_keep: must be a fraction in (0, 1], got {self.prefill_keep!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget: must be >= 1 token per KV head (or None to use ratio), got {self.budget!r}")
         message = lib.llama_uncomp_params_check(self._native_ptr())

@@ -83,6 +83,9 @@ class Llama(llama_cpp.Llama):
     ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]. Default 1.0.
     method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
     budget, window, pool_kernel, n_sink, n_head_groups: see ``CompressionConfig``.
+    prefill_prune, prefill_layer, prefill_keep: hidden-state pruning while a prompt is evaluated from
+    an empty cache (``CompressionConfig``): a faster prefill; needs a compressing method, a
+    llama-architecture model and ``logits_all=False`` (the pruned layers give no per-token logits).
     shrink_cache: after a compression, rebuild the llama context with only the cells the kept tokens
     need plus ``n_batch`` free ones, so that the full-size cache allocation is released (at the next
     evaluation, e.g. the first generated token: the context holds the logits sampled before it); the
@@ -119,6 +122,9 @@ class Llama(llama_cpp.Llama):
         pool_kernel: int = CompressionConfig.pool_kernel,
         n_sink: int = CompressionConfig.n_sink,
         n_head_groups: int = CompressionConfig.n_head_groups,
+        prefill_prune: bool = CompressionConfig.prefill_prune,
+        prefill_layer: Optional[int] = CompressionConfig.prefill_layer,
+        prefill_keep: float = CompressionConfig.prefill_keep,
         shrink_cache: bool = True,
         auto_compress: bool = True,
         share_model_with: Optional["llama_cpp.Llama"] = None,
@@ -138,7 +144,13 @@ class Llama(llama_cpp.Llama):
         self.on_prompt_progress = None
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
-            pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups)
+            pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups,
+            prefill_prune=prefill_prune, prefill_layer=prefill_layer, prefill_keep=prefill_keep)
+        if prefill_prune and not self.compression.compresses:
+            raise ValueError("prefill_prune: needs a compressing method and ratio (the pruned prefill is "
+                             "part of the compression engine)")
+        if prefill_prune and kwargs.get("logits_all"):
+            raise ValueError("prefill_prune: needs logits_all=False (the pruned layers give no per-token logits)")
         self.policy = make_policy(method, n_head_groups) if self.compression.compresses else None
         # a shrinking cache starts small and grows with what it is given (the prompt, a loaded state):
         # a session that loads a compressed prompt never allocates the prompt's full cache
@@ -167,6 +179,8 @@ class Llama(llama_cpp.Llama):
         self._shrink_cache = shrink_cache and not kwargs.get("lora_path")
         self._cells_used = 0  # an upper bound of the cells the cache holds (exact after a rebuild)
         self._prompt_logits = None  # (n_tokens, logits of the last token) of the last evaluated prompt
+        self._prefill_layer = None  # the pruned prefill's last full layer, None: no pruning
+        self.prefill_kept = None  # tokens the later layers ran on in the last pruned prefill
         self._shrink_pending = False
         if self.compression.compresses:
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
@@ -187,6 +201,7 @@ class Llama(llama_cpp.Llama):
                 return
             _check(err)
             self._attached = True
+            self._prefill_layer = self._prefill_layer_of(self.compression)
             # a rebuilt iSWA context prunes its sliding-window cells differently, which moved Gemma 3's
             # greedy text (a near tie); until that is understood, such models keep their allocation
             if any(s["is_swa"] for s in self._layer_stats(0)):
@@ -202,6 +217,20 @@ class Llama(llama_cpp.Llama):
         if value not in ("append", "reevaluate"):
             raise ValueError(f"new_turns: must be 'append' or 'reevaluate', got {value!r}")
         self._new_turns = value
+
+    def _prefill_layer_of(self, config: CompressionConfig) -> Optional[int]:
+        """The layer a pruned prefill stops at under config (None: no pruning); ValueError when the
+        model cannot prune."""
+        if not config.prefill_prune:
+            return None
+        arch = self.metadata.get("general.architecture", "?")
+        if arch != "llama":
+            raise ValueError(f"prefill_prune: not available for the '{arch}' architecture (llama-architecture models only)")
+        n_layer = llama_cpp.llama_model_n_layer(self._model.model)
+        layer = n_layer // 4 if config.prefill_layer is None else config.prefill_layer
+        if not 0 <= layer <= n_layer - 2:
+            raise ValueError(f"prefill_layer: must be in [0, {n_layer - 2}] for this {n_layer}-layer model, got {layer}")
+        return layer
 
     def _ctx_ptr(self):
         return context_ptr(self._ctx.ctx)
@@ -232,17 +261,31 @@ class Llama(llama_cpp.Llama):
         # hand each layer's queries over, a sync per layer and ubatch. The parent evaluates in chunks
         # of n_batch from the first token, so the split keeps its chunks (and so its arithmetic).
         tokens = list(tokens)
-        split = max(0, len(tokens) - self.compression.window) // self.n_batch * self.n_batch
-        for start in range(0, split, self.n_batch):  # the parent's own chunks, one at a time for progress
-            super().eval(tokens[start:start + self.n_batch])
-            if self.on_prompt_progress:
-                self.on_prompt_progress(start + self.n_batch, len(tokens))
         ctx = self._ctx_ptr()
-        _check(lib.llama_uncomp_observe(ctx, True))
+        # a pruned prefill starts from an empty cache and needs more tokens than the window
+        prune = self._prefill_layer is not None and self.n_tokens == 0 and len(tokens) > self.compression.window
+        if prune:
+            self._ctx.kv_cache_seq_rm(-1, 0, -1)
+            lib.llama_uncomp_forget(ctx, 0)
+            _check(lib.llama_uncomp_prefill_begin(ctx, self._prefill_layer))
         try:
-            super().eval(tokens[split:])
-        finally:
-            lib.llama_uncomp_observe(ctx, False)
+            split = max(0, len(tokens) - self.compression.window) // self.n_batch * self.n_batch
+            for start in range(0, split, self.n_batch):  # the parent's own chunks, one at a time for progress
+                super().eval(tokens[start:start + self.n_batch])
+                if self.on_prompt_progress:
+                    self.on_prompt_progress(start + self.n_batch, len(tokens))
+            _check(lib.llama_uncomp_observe(ctx, True))
+            try:
+                super().eval(tokens[split:])
+            finally:
+                lib.llama_uncomp_observe(ctx, False)
+            if prune:  # the later layers, on the tokens the pruning layer ranks highest
+                self.prefill_kept = _check(lib.llama_uncomp_prefill_finish(ctx, self.compression.prefill_keep, self.n_batch))
+        except BaseException:
+            if prune:  # the cache holds a part of the layers: nothing of it can be used
+                lib.llama_uncomp_prefill_abort(ctx)
+                self.n_tokens = 0
+            raise
         self._prompt_logits = (self.n_tokens, self._last_logits().copy())
         if self.auto_compress:
             self.compress()
@@ -294,7 +337,9 @@ class Llama(llama_cpp.Llama):
             raise ValueError("set_compression: this model was built without compression (method='full' or "
                              "ratio=1.0), so no prompt was observed; build it with a compressing method")
         if self._attached:
+            prefill_layer = self._prefill_layer_of(config)
             _check(lib.llama_uncomp_set_params(self._ctx_ptr(), config._native_ptr()))
+            self._prefill_layer = prefill_layer
         self.compression = config
         self.policy = make_policy(config.method, config.n_head_groups) if config.compresses else None
 

@@ -9,6 +9,7 @@
 #include "uncomp-impl.h"
 #include "uncomp-device.h"
 #include "uncomp-layout.h"
+#include "uncomp-prefill.h"
 
 #include "llama-context.h"
 #include "llama-impl.h"
@@ -38,6 +39,7 @@ struct uncomp_state {
     std::vector<std::deque<std::vector<float>>> window_q;
     // the device-side steps, per device holding cache layers (several with a partial GPU offload)
     std::map<ggml_backend_dev_t, std::unique_ptr<uncomp_device>> devices;
+    uncomp_prefill prefill;
 };
 
 uncomp_device & device_of(uncomp_state & st, const ggml_tensor * storage) {
@@ -70,17 +72,32 @@ uncomp_state * state_of(const llama_context * ctx) {
     return it == g_states.end() ? nullptr : it->second.get();
 }
 
+// layer il's output rows ("l_out-<il>", [n_embd, n_tokens]) appended to a pruned prefill's residual
+void keep_residual(uncomp_prefill & pf, const ggml_tensor * t) {
+    GGML_ASSERT(t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && t->ne[0] == pf.n_embd);
+    const size_t at = pf.residual.size();
+    pf.residual.resize(at + ggml_nelements(t));
+    ggml_backend_tensor_get(t, pf.residual.data() + at, 0, ggml_nbytes(t));
+}
+
 // ggml's eval callback: with ask=true it says which tensors it wants, then receives them computed.
-// We want each layer's post-RoPE queries, the ROPE node named "Qcur-<il>".
+// We want each layer's post-RoPE queries, the ROPE node named "Qcur-<il>", while observing, and the
+// pruning layer's output rows during a pruned prefill's head phase. It is installed during a pruned
+// prefill even when it wants nothing: the layer-skip hook finds the prefill's phase through it.
 bool observe_queries(ggml_tensor * t, bool ask, void * user_data) {
-    const bool wanted = t->op == GGML_OP_ROPE && std::strncmp(t->name, "Qcur-", 5) == 0;
+    auto * st = static_cast<uncomp_state *>(user_data);
+    const bool query = st->observing && t->op == GGML_OP_ROPE && std::strncmp(t->name, "Qcur-", 5) == 0;
+    const bool residual = st->prefill.phase == UNCOMP_PREFILL_HEAD && std::strncmp(t->name, "l_out-", 6) == 0 &&
+                          std::atoi(t->name + 6) == st->prefill.layer;
     if (ask) {
-        return wanted;
+        return query || residual;
     }
-    if (!wanted) {
+    if (residual) {
+        keep_residual(st->prefill, t);
+    }
+    if (!query) {
         return true;
     }
-    auto * st = static_cast<uncomp_state *>(user_data);
     const int il = std::atoi(t->name + 5);
     if (t->type != GGML_TYPE_F32 || il < 0 || (size_t) il >= st->window_q.size() || !ggml_is_contiguous(t)) {
         return true;
@@ -374,16 +391,7 @@ int32_t llama_uncomp_set_params(struct llama_context * ctx, const struct llama_u
 }
 
 int32_t llama_uncomp_observe(struct llama_context * ctx, bool on) {
-    uncomp_state * st = state_of(ctx);
-    if (st == nullptr) {
-        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
-    }
-    if (on) {
-        for (auto & rows : st->window_q) rows.clear();
-    }
-    st->observing = on;
-    ctx->set_eval_callback(on ? observe_queries : nullptr, on ? st : nullptr);
-    return 0;
+    return uncomp_observe(ctx, on, 0);
 }
 
 int32_t llama_uncomp_window_queries(
@@ -433,9 +441,10 @@ int32_t llama_uncomp_set_window_queries(struct llama_context * ctx, int32_t il, 
 namespace {
 
 // The next graph must be built afresh: a reused one would keep views of the old per-head layout.
-// (Setting the eval callback drops the reusable graph; the callback itself stays as it was.)
+// (Setting the eval callback drops the reusable graph; the callback is installed while it has work.)
 void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
-    ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
+    const bool wanted = st.observing || st.prefill.phase != UNCOMP_PREFILL_OFF;
+    ctx->set_eval_callback(wanted ? observe_queries : nullptr, wanted ? &st : nullptr);
 }
 
 // Window attention mass (attention_mass) of every layer's heads with scored[li][h] set over the tokens
@@ -809,4 +818,78 @@ int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq
     uncomp_layout_set(cache, il, (uint32_t) stream, std::vector<uint32_t>(start, start + n));
     rebuild_graphs(ctx, *state_of(ctx));
     return n;
+}
+
+// --- for the pruned prefill (uncomp-prefill.cpp) ---
+
+int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (on) {
+        for (size_t il = (size_t) std::max(0, il_clear_from); il < st->window_q.size(); ++il) st->window_q[il].clear();
+    }
+    st->observing = on;
+    rebuild_graphs(ctx, *st);
+    return 0;
+}
+
+const llama_uncomp_params * uncomp_params_of(const llama_context * ctx) {
+    const uncomp_state * st = state_of(ctx);
+    return st == nullptr ? nullptr : &st->params;
+}
+
+uncomp_prefill * uncomp_prefill_of(const llama_context * ctx) {
+    uncomp_state * st = state_of(ctx);
+    return st == nullptr ? nullptr : &st->prefill;
+}
+
+const uncomp_prefill * uncomp_prefill_of_graph(ggml_backend_sched_eval_callback cb, void * cb_user_data) {
+    return cb == observe_queries ? &static_cast<const uncomp_state *>(cb_user_data)->prefill : nullptr;
+}
+
+void uncomp_refresh_graphs(llama_context * ctx) {
+    if (uncomp_state * st = state_of(ctx)) {
+        rebuild_graphs(ctx, *st);
+    }
+}
+
+int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std::vector<uint32_t> & kept) {
+    uncomp_state * st = state_of(ctx);
+    llama_kv_cache * kv = compressible_cache(ctx);
+    if (st == nullptr || kv == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    const auto & hp = ctx->get_model().hparams;
+    const uint32_t stream = kv->get_stream(0);
+    std::vector<llama_pos> pos;
+    std::vector<uint32_t>  cells;
+    for (const auto & [p_, c] : kv->get_cells(0).seq_pos_get(0)) {
+        pos.push_back(p_);
+        cells.push_back(c);
+    }
+    const int64_t n  = (int64_t) pos.size();
+    const int64_t wq = (int64_t) st->window_q[il].size();
+    if (wq < std::min<int64_t>(st->params.window, n)) {
+        return LLAMA_UNCOMP_ERR_NO_QUERIES;
+    }
+    std::vector<uint32_t> every_token(n);
+    std::iota(every_token.begin(), every_token.end(), 0u);
+    const int64_t n_head_kv = hp.n_head_kv(il);
+    const std::vector<std::vector<const std::vector<uint32_t> *>> held = { std::vector<const std::vector<uint32_t> *>(n_head_kv, &every_token) };
+    const std::vector<std::vector<char>> scored = { std::vector<char>(n_head_kv, 1) };
+    std::vector<std::vector<std::vector<float>>> mass;
+    try {
+        mass = window_masses(*st, kv, hp, { (uint32_t) il }, stream, cells, pos, held, scored);
+    } catch (const std::exception & e) {
+        LLAMA_LOG_ERROR("%s\n", e.what());
+        return LLAMA_UNCOMP_ERR_DEVICE;
+    }
+    std::vector<float> total(n, 0.0f);
+    for (const auto & head : mass[0]) {
+        for (int64_t i = 0; i < n; ++i) total[i] += head[i];
+    }
+    kept = select_kept(pool_prefix(total, n - wq, st->params.pool_kernel), n, wq, n_keep, st->params.n_sink);
+    return 0;
 }

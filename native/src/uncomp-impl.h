@@ -2,6 +2,8 @@
 #pragma once
 
 #include "llama.h"
+#include "uncomp.h"
+#include "ggml-backend.h"
 
 #include <chrono>
 #include <cstdint>
@@ -13,6 +15,7 @@
 
 class llama_kv_cache;
 struct uncomp_device;
+struct uncomp_prefill;
 
 // one cache layer of a context's memory
 struct uncomp_cache_layer {
@@ -34,6 +37,21 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
 // The device-side steps for the cache layer of model layer il of an attached context, when that
 // layer's cache lives on a device (or UNCOMP_DEVICE_PATH=1); nullptr: use the host path.
 uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il);
+
+// The engine's side of a pruned prefill (uncomp-prefill.cpp), for an attached context:
+// observe window queries (on: forgets those of layers >= il_clear_from) or stop; 0 or < 0
+int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from);
+// the attached context's parameters, nullptr when not attached
+const llama_uncomp_params * uncomp_params_of(const llama_context * ctx);
+// the context's prefill state, nullptr when not attached
+uncomp_prefill * uncomp_prefill_of(const llama_context * ctx);
+// the prefill state of the context whose graph is built with this eval callback, else nullptr
+const uncomp_prefill * uncomp_prefill_of_graph(ggml_backend_sched_eval_callback cb, void * cb_user_data);
+// the next graphs are built afresh (a phase changed), with the callback installed while it has work
+void uncomp_refresh_graphs(llama_context * ctx);
+// sequence 0's tokens (indices in position order) that n_keep keeps when ranked by layer il's window
+// attention summed over its KV heads, pooled as SnapKV does; the window and sinks always in. 0 or < 0.
+int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std::vector<uint32_t> & kept);
 
 // f(i) for i in [0, n) on every core (the per-head work of a compression: eigen-solves, selections)
 void uncomp_parallel_for(size_t n, const std::function<void(size_t)> & f);

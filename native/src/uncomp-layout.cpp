@@ -45,6 +45,9 @@ public:
         : storage(storage), head_start(std::move(head_start)), s0(s0), s_first(s_first), gqa(gqa) {}
 
     void set_input(const llama_ubatch * /*ubatch*/) override {
+        if (starts == nullptr) {
+            return; // uniform starts: no bias
+        }
         const int64_t n_head = starts->ne[2];
         std::vector<float> values(n_head * head_start.size(), 0.0f);
         for (size_t s = 0; s < head_start.size(); ++s) {
@@ -122,10 +125,26 @@ ggml_tensor * uncomp_build_attn_heads(
         ? ggml_view_4d(ctx, v, n_rows, v->ne[1], v->ne[2], n_stream, v->nb[1], v->nb[2], v->nb[3], s_first * v->nb[0])
         : ggml_view_4d(ctx, v, v->ne[0], v->ne[1], n_rows, n_stream, v->nb[1], v->nb[2], v->nb[3], s_first * v->nb[2]);
 
-    // mask [n_rows, n_tokens, n_head, n_stream] = the layer's mask (rows [s_first, n_kv)) + the per-head
-    // bias; the kernels skip -INF rows, so a head's work is its own rows
+    ggml_tensor * mask_rows = ggml_view_4d(ctx, kq_mask, n_rows, n_tokens, 1, n_stream,
+                                           kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], s_first * kq_mask->nb[0]);
+    // every head of every stream starts at s_first (a pruned prefill's later layers): the rows are the
+    // heads' own, llama.cpp's attention over them needs no per-head mask (but a contiguous one)
+    const bool uniform = std::all_of(start.begin(), start.end(), [&](const std::vector<uint32_t> & s) {
+        return !s.empty() && std::all_of(s.begin(), s.end(), [&](uint32_t c) { return (int64_t) c == s_first; });
+    });
+    // the input checks, when llama.cpp would reuse this graph, that the layout is still the same
     auto * input = new head_start_input(k->view_src, start, s0, (uint32_t) s_first, n_head / k->ne[1]);
     gctx.res->add_input(llm_graph_input_ptr(input));
+    t_in_hook = true;
+    if (uniform) {
+        ggml_tensor * out = gctx.build_attn_mha(q, k_rows, v_rows, nullptr, ggml_cont(ctx, mask_rows), sinks, nullptr, n_kv_max, kq_scale, il);
+        t_in_hook = false;
+        return out;
+    }
+
+    // mask [n_rows, n_tokens, n_head, n_stream] = the layer's mask (rows [s_first, n_kv)) + the per-head
+    // bias; the kernels skip -INF rows (CUDA's vector kernel whole masked tiles), so a head's work is
+    // its own rows
     input->starts = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, 1, n_head, n_stream);
     ggml_set_input(input->starts);
     // bias[j, 0, h, s] = log(step(j - start + 0.5)): 0 where head h holds row s_first + j, else -INF
@@ -135,11 +154,8 @@ ggml_tensor * uncomp_build_attn_heads(
     if (n_tokens > 1) {
         bias = ggml_repeat_4d(ctx, bias, n_rows, n_tokens, n_head, n_stream);
     }
-    ggml_tensor * mask_rows = ggml_view_4d(ctx, kq_mask, n_rows, n_tokens, 1, n_stream,
-                                           kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], s_first * kq_mask->nb[0]);
     ggml_tensor * mask_head = ggml_add(ctx, bias, mask_rows);
 
-    t_in_hook = true;
     ggml_tensor * out = gctx.build_attn_mha(q, k_rows, v_rows, nullptr, mask_head, sinks, nullptr, n_kv_max, kq_scale, il);
     t_in_hook = false;
     return out;

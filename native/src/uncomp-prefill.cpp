@@ -1,0 +1,210 @@
+// The pruned prefill (uncomp-prefill.h): the layer-skip hook of the model builders and the C API that
+// runs the two phases around the caller's own evaluation of the prompt.
+#include "uncomp-prefill.h"
+#include "uncomp.h"
+#include "uncomp-impl.h"
+#include "uncomp-layout.h"
+
+#include "llama-arch.h"
+#include "llama-context.h"
+#include "llama-graph.h"
+#include "llama-impl.h"
+#include "llama-kv-cache.h"
+#include "llama-model.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+namespace {
+
+// The tail phase's RoPE positions: the batch carries consecutive positions (tail_pos0 + i, which are
+// also the cells the kept tokens land in); after llama.cpp's own input wrote them into the graph's
+// position tensor (inputs are set in the order they were added), each is replaced by the kept token's
+// own position.
+class kept_positions_input : public llm_graph_input_i {
+public:
+    kept_positions_input(const uncomp_prefill & pf, ggml_tensor * pos) : pos(pos), pf(pf) {}
+
+    void set_input(const llama_ubatch * ubatch) override {
+        std::vector<int32_t> values(ubatch->n_tokens);
+        for (uint32_t i = 0; i < ubatch->n_tokens; ++i) {
+            const int64_t k = (int64_t) ubatch->pos[i] - pf.tail_pos0;
+            GGML_ASSERT(k >= 0 && k < (int64_t) pf.kept_pos.size());
+            values[i] = pf.kept_pos[k];
+        }
+        ggml_backend_tensor_set(pos, values.data(), 0, ggml_nbytes(pos));
+    }
+
+    // positions differ per ubatch and the phase ends after a few: always built afresh
+    bool can_reuse(const llm_graph_params & /*params*/) override { return false; }
+
+private:
+    ggml_tensor *          pos;
+    const uncomp_prefill & pf;
+};
+
+// the architectures whose builders call the hook (patch 0005)
+bool has_layer_hook(const llama_model & model) {
+    return model.arch == LLM_ARCH_LLAMA;
+}
+
+void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
+    pf = uncomp_prefill();
+    uncomp_observe(ctx, false, 0);
+}
+
+} // namespace
+
+bool uncomp_prefill_skip_layer(const llm_graph_context & gctx, int il, ggml_tensor *& inpL, ggml_tensor * inp_pos,
+                               ggml_tensor * inp_out_ids) {
+    const uncomp_prefill * pf = uncomp_prefill_of_graph(gctx.cparams.cb_eval, gctx.cparams.cb_eval_user_data);
+    if (pf == nullptr || pf->phase == UNCOMP_PREFILL_OFF) {
+        return false;
+    }
+    if (pf->phase == UNCOMP_PREFILL_HEAD) {
+        if (il <= pf->layer) {
+            return false;
+        }
+        if (il == gctx.n_layer - 1 && inp_out_ids != nullptr) {
+            inpL = ggml_get_rows(gctx.ctx0, inpL, inp_out_ids);
+        }
+        return true;
+    }
+    if (il <= pf->layer) {
+        return true; // inpL, the batch's embeddings, is layer `layer`'s output
+    }
+    if (il == pf->layer + 1) {
+        GGML_ASSERT(inp_pos->type == GGML_TYPE_I32 && ggml_nelements(inp_pos) == gctx.n_tokens); // one position per token
+        gctx.res->add_input(llm_graph_input_ptr(new kept_positions_input(*pf, inp_pos)));
+    }
+    return false;
+}
+
+int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer) {
+    uncomp_prefill * pf = uncomp_prefill_of(ctx);
+    if (pf == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    const llama_model & model = ctx->get_model();
+    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
+    if (kv == nullptr || !has_layer_hook(model)) {
+        return LLAMA_UNCOMP_ERR_MEMORY;
+    }
+    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || pf->phase != UNCOMP_PREFILL_OFF) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    if (kv->seq_pos_max(0) >= 0) {
+        return LLAMA_UNCOMP_ERR_SHARED; // the prompt must start from an empty sequence
+    }
+    *pf = uncomp_prefill();
+    pf->phase  = UNCOMP_PREFILL_HEAD;
+    pf->layer  = layer;
+    pf->n_embd = model.hparams.n_embd;
+    uncomp_refresh_graphs(ctx);
+    return 0;
+}
+
+void llama_uncomp_prefill_abort(struct llama_context * ctx) {
+    uncomp_prefill * pf = uncomp_prefill_of(ctx);
+    if (pf == nullptr || pf->phase == UNCOMP_PREFILL_OFF) {
+        return;
+    }
+    llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
+    uncomp_layout_clear(dynamic_cast<llama_kv_cache *>(ctx->get_memory()), -1);
+    end_prefill(ctx, *pf);
+}
+
+int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int32_t n_batch) {
+    uncomp_prefill * pf = uncomp_prefill_of(ctx);
+    if (pf == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    if (pf->phase != UNCOMP_PREFILL_HEAD || !(keep > 0.0f && keep <= 1.0f) || n_batch < 1) {
+        return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
+    const auto & cells = kv->get_cells(0);
+    const int64_t n = (int64_t) kv->seq_pos_max(0) + 1;
+    // the head phase evaluated positions 0..n-1 of an empty cache into cells 0..n-1, one row each
+    bool in_place = n > 0 && (int64_t) pf->residual.size() == n * pf->n_embd && cells.get_used() == (uint32_t) n;
+    for (int64_t i = 0; in_place && i < n; ++i) {
+        in_place = cells.seq_has((uint32_t) i, 0) && cells.pos_get((uint32_t) i) == (llama_pos) i;
+    }
+    if (!in_place) {
+        llama_uncomp_prefill_abort(ctx);
+        return LLAMA_UNCOMP_ERR_SHARED;
+    }
+    const llama_uncomp_params & p = *uncomp_params_of(ctx);
+    // |S| tokens run the tail; the first of them at a cell on a 256-row tile, where all heads start,
+    // so that the tail's attention needs no per-head mask (uncomp_build_attn_heads)
+    int64_t n_kept = std::min<int64_t>(n, std::max<int64_t>((int64_t) std::ceil((double) keep * n), p.window + p.n_sink));
+    n_kept = n - (n - n_kept) / 256 * 256;
+    std::vector<uint32_t> kept;
+    if (n_kept < n) {
+        if (const int32_t err = uncomp_rank_tokens(ctx, pf->layer, n_kept, kept); err < 0) {
+            llama_uncomp_prefill_abort(ctx);
+            return err;
+        }
+    } else {
+        kept.resize(n);
+        std::iota(kept.begin(), kept.end(), 0u);
+    }
+    GGML_ASSERT((int64_t) kept.size() == n_kept);
+
+    // the tail: kept tokens at batch positions (and cells) n - n_kept.. n - 1, their own positions for
+    // RoPE; layers > layer start at that cell for every head
+    const int32_t  pos0     = (int32_t) (n - n_kept);
+    const uint32_t stream   = kv->get_stream(0);
+    const auto &   hp       = ctx->get_model().hparams;
+    std::vector<float> residual = std::move(pf->residual);
+    pf->residual.clear();
+    pf->kept_pos.assign(kept.begin(), kept.end());
+    pf->tail_pos0 = pos0;
+    pf->phase     = UNCOMP_PREFILL_TAIL;
+    llama_memory_seq_rm(llama_get_memory(ctx), 0, pos0, -1);
+    for (uint32_t il = (uint32_t) pf->layer + 1; il < hp.n_layer(); ++il) {
+        uncomp_layout_set(kv, (int32_t) il, stream, std::vector<uint32_t>(hp.n_head_kv(il), (uint32_t) pos0));
+    }
+    const int64_t n_embd = pf->n_embd;
+    llama_batch batch = llama_batch_init(n_batch, (int32_t) n_embd, 1);
+    int32_t err = 0;
+    bool observing = false;
+    for (int64_t at = 0; at < n_kept && err == 0; at += n_batch) {
+        const int64_t m = std::min<int64_t>(n_batch, n_kept - at);
+        for (int64_t i = 0; i < m; ++i) {
+            std::copy_n(&residual[(size_t) kept[at + i] * n_embd], n_embd, batch.embd + i * n_embd);
+            batch.pos[i]       = pos0 + (llama_pos) (at + i);
+            batch.n_seq_id[i]  = 1;
+            batch.seq_id[i][0] = 0;
+            batch.logits[i]    = at + i == n_kept - 1;
+        }
+        batch.n_tokens = (int32_t) m;
+        // the window's queries of layers > layer come from the chunks holding it
+        if (at + m > n_kept - p.window && !observing) {
+            uncomp_observe(ctx, true, pf->layer + 1);
+            observing = true;
+        }
+        if (llama_decode(ctx, batch) != 0) {
+            err = LLAMA_UNCOMP_ERR_DEVICE;
+        }
+    }
+    llama_batch_free(batch);
+    // the kept tokens must have landed in cells pos0.. (an empty cache fills from its head)
+    for (int64_t i = 0; err == 0 && i < n_kept; ++i) {
+        const uint32_t c = (uint32_t) (pos0 + i);
+        if (!cells.seq_has(c, 0) || cells.pos_get(c) != (llama_pos) c) {
+            err = LLAMA_UNCOMP_ERR_SHARED;
+        }
+    }
+    if (err != 0) {
+        llama_uncomp_prefill_abort(ctx);
+        return err;
+    }
+    end_prefill(ctx, *pf);
+    return (int32_t) n_kept;
+}

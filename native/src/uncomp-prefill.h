@@ -1,0 +1,39 @@
+// Hidden-state pruning during prefill (UNComp's first stage): a prompt is evaluated in two phases.
+// Phase "head" runs layers 0..L on every token (chunked as usual) and keeps layer L's output rows (the
+// residual stream). The window's attention at layer L then ranks the tokens, and phase "tail" runs
+// layers L+1.. on the kept tokens only, as an embeddings batch at their own positions (RoPE), their K/V
+// rows going to the sequence's last |S| cells. Afterwards layers > L look like layers compressed to |S|
+// tokens (uncomp-layout.h: every head starts at cell N - |S|): decoding, compression and states need
+// nothing new.
+//
+// This header is also included by llama.cpp's model builders (patch 0005): keep it free of llama.cpp
+// internals.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+struct ggml_tensor;
+struct llm_graph_context;
+
+enum uncomp_prefill_phase {
+    UNCOMP_PREFILL_OFF,
+    UNCOMP_PREFILL_HEAD, // layers 0..layer on every prompt token
+    UNCOMP_PREFILL_TAIL, // layers layer+1.. on the kept tokens
+};
+
+struct uncomp_prefill {
+    uncomp_prefill_phase phase = UNCOMP_PREFILL_OFF;
+    int32_t              layer = -1;
+    int64_t              n_embd = 0;
+    std::vector<float>   residual;      // head: layer's output rows so far, [n_tokens][n_embd]
+    std::vector<int32_t> kept_pos;      // tail: the kept tokens' true positions, in order
+    int32_t              tail_pos0 = 0; // tail: the batch position (and cell) of the first kept token
+};
+
+// uncomp hook, first in a model builder's layer loop: true when layer il is not evaluated by this graph
+// (a pruned prefill's phase). Skipping the last layer in the head phase applies the output row selection
+// to inpL as that layer would have; in the tail phase inp_pos gets the kept tokens' true positions (the
+// batch carries consecutive ones, which llama.cpp's batch checks want).
+bool uncomp_prefill_skip_layer(const llm_graph_context & gctx, int il, ggml_tensor *& inpL, ggml_tensor * inp_pos,
+                               ggml_tensor * inp_out_ids);
