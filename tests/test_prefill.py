@@ -1,0 +1,137 @@
+"""Prefill pruning (UNComp's first stage) on SmolLM2-135M: the layers after ``prefill_layer`` run on the
+tokens that layer's window attention ranks highest, at their own positions, and cache only those."""
+
+import numpy as np
+import pytest
+
+import pyuncomp
+from test_engine import N_CTX, passkey_key, passkey_prompt, passkey_score
+
+LAYER = 30 // 4  # the default prefill_layer of SmolLM2's 30 layers
+WINDOW = 8
+
+
+def make(path, **kwargs):
+    return pyuncomp.Llama(path, n_ctx=N_CTX, seed=0, verbose=False, **kwargs)
+
+
+def prompt_tokens(llm, n_filler=60, depth=0.5):
+    return llm.tokenize(passkey_prompt(n_filler, depth, passkey_key(depth)).encode())
+
+
+@pytest.fixture(scope="module")
+def plain(smollm2_path):
+    """A prompt evaluated without pruning (and not compressed)."""
+    llm = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False)
+    llm.eval(prompt_tokens(llm))
+    yield llm
+    llm.close()
+
+
+def test_pruning_that_keeps_every_token_gives_the_unpruned_logits_and_cache(smollm2_path, plain):
+    pruned = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=1.0)
+    tokens = prompt_tokens(pruned)
+    pruned.eval(tokens)
+    assert pruned.prefill_kept == len(tokens) == plain.n_tokens
+    np.testing.assert_array_equal(pruned._last_logits(), plain._last_logits())
+    for layer in (0, LAYER, LAYER + 1, 29):
+        np.testing.assert_array_equal(pruned.cached_keys(layer), plain.cached_keys(layer))
+    pruned.close()
+
+
+def test_later_layers_hold_the_kept_tokens_at_their_own_positions(smollm2_path, plain):
+    pruned = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.4)
+    tokens = prompt_tokens(pruned)
+    pruned.eval(tokens)
+    n, kept = len(tokens), pruned.prefill_kept
+    # about keep x n, rounded up so that the later layers start on a 256-cell tile
+    assert 0.4 * n <= kept < n and (n - kept) % 256 == 0
+    # the layers up to prefill_layer saw every token, as a plain evaluation does
+    np.testing.assert_array_equal(pruned.cached_keys(LAYER), plain.cached_keys(LAYER))
+    # the next layer's keys come from the same residual rows at the same positions (RoPE): each of its
+    # rows is the plain evaluation's key of one token, in increasing positions, the window's last
+    rows = pruned.cached_keys(LAYER + 1)
+    assert rows.shape[0] == n and not rows[: n - kept].any()  # the cells before the kept ones are unused
+    full = plain.cached_keys(LAYER + 1)
+    source = [int(np.argmin(np.abs(full - row).max(axis=1))) for row in rows[n - kept:]]
+    assert max(float(np.abs(full[s] - row).max()) for s, row in zip(source, rows[n - kept:])) < 1e-2
+    assert source == sorted(set(source)) and source[-WINDOW:] == list(range(n - WINDOW, n))
+    # a pruned token's key would be at another position: the rows are not the plain layer's last ones
+    assert source != list(range(n - kept, n))
+    pruned.close()
+
+
+def test_a_prompt_no_longer_than_the_window_is_evaluated_unpruned(smollm2_path):
+    pruned = make(smollm2_path, method="uncomp", ratio=0.5, prefill_prune=True)
+    plain = make(smollm2_path, method="uncomp", ratio=0.5)
+    for llm in (pruned, plain):
+        llm.eval(llm.tokenize(b"The sky is")[:WINDOW])
+    assert pruned.prefill_kept is None
+    np.testing.assert_array_equal(pruned._last_logits(), plain._last_logits())
+    out = pruned("The grass", max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    assert out == plain("The grass", max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    pruned.close()
+    plain.close()
+
+
+def test_uncomp_with_a_pruned_prefill_keeps_the_passkey(smollm2_path):
+    llm = make(smollm2_path, method="uncomp", ratio=0.05, prefill_prune=True, prefill_keep=0.5)
+    assert passkey_score(llm, depths=(0.1, 0.5, 0.9)) == 3
+    assert llm.prefill_kept is not None and llm.prefill_kept < llm.compression_stats()["n_tokens"] * 0.7
+    llm.close()
+
+
+def test_an_interrupted_pruned_prefill_leaves_the_model_usable(smollm2_path):
+    llm = make(smollm2_path, method="uncomp", ratio=0.1, prefill_prune=True, n_batch=256)
+    tokens = prompt_tokens(llm)
+
+    def stop(done, total):
+        if done >= 512:
+            raise KeyboardInterrupt
+
+    llm.on_prompt_progress = stop
+    with pytest.raises(KeyboardInterrupt):
+        llm.eval(tokens)
+    assert llm.n_tokens == 0
+    llm.on_prompt_progress = None
+    llm.eval(tokens)
+    fresh = make(smollm2_path, method="uncomp", ratio=0.1, prefill_prune=True, n_batch=256)
+    fresh.eval(tokens)
+    assert llm.prefill_kept == fresh.prefill_kept
+    np.testing.assert_array_equal(llm._last_logits(), fresh._last_logits())
+    llm.close()
+    fresh.close()
+
+
+def test_a_saved_pruned_prompt_continues_identically(smollm2_path):
+    llm = make(smollm2_path, method="uncomp", ratio=0.1, prefill_prune=True)
+    prompt = passkey_prompt(60, 0.3, passkey_key(0.3))
+    first = llm(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    llm.reset()
+    llm.eval(llm.tokenize(prompt.encode()))
+    state = llm.save_state()
+    other = make(smollm2_path, method="uncomp", ratio=0.1, prefill_prune=True)
+    other.load_state(state)
+    again = other(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    assert first == again and passkey_key(0.3) in first
+    llm.close()
+    other.close()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prefill_prune="yes"), "prefill_prune: must be True or False"),
+    (dict(prefill_prune=True, prefill_keep=0.0), r"prefill_keep: must be a fraction in \(0, 1\]"),
+    (dict(prefill_prune=True, prefill_keep=1.5), r"prefill_keep: must be a fraction in \(0, 1\]"),
+    (dict(prefill_prune=True, prefill_layer=-1), "prefill_layer: must be a layer index >= 0"),
+    (dict(prefill_prune=True, prefill_layer=29), r"prefill_layer: must be in \[0, 28\] for this 30-layer model"),
+    (dict(prefill_prune=True, method="full"), "prefill_prune: needs a compressing method"),
+    (dict(prefill_prune=True, logits_all=True), "prefill_prune: needs logits_all=False"),
+])
+def test_bad_prefill_settings_are_refused(smollm2_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(smollm2_path, **{"method": "uncomp", "ratio": 0.1, **kwargs})
+
+
+def test_prefill_pruning_names_an_architecture_it_cannot_prune(gemma3_path):
+    with pytest.raises(ValueError, match="prefill_prune: not available for the 'gemma3' architecture"):
+        make(gemma3_path, method="uncomp", ratio=0.1, prefill_prune=True)
