@@ -2,12 +2,14 @@
 
     python benchmarks/cuda_bench.py MODEL.gguf [--depths 8192 32768 65536] [--ratios 0.05 0.1]
         [--methods uncomp,snapkv] [--cache f16] [--n-gen 128] [--concurrent-depth 32768] [--json OUT]
+        [--prefill-keeps 0.5 0.3] [--prefill-layer L]
 
 For each depth: the stock cache (method=full: our libllama with the engine inert, i.e. the pinned
 llama.cpp) and pyuncomp at each ratio evaluate the same prompt (flash attention, n_batch 2048,
 n_ubatch 512, every layer on the GPU). Measured: prefill time, the compression step's time, KV bytes
 held, and decode speed as llama-bench's tg measures it (one token per llama_decode, no sampling,
-after 4 untimed tokens). Then the largest number of concurrent sequences of --concurrent-depth tokens
+after 4 untimed tokens). --prefill-keeps adds, for each method and ratio, rows with a pruned
+prefill (UNComp's first stage) keeping each fraction of the tokens after --prefill-layer. Then the largest number of concurrent sequences of --concurrent-depth tokens
 that fit on the GPU: sessions sharing one copy of the weights (``share_model_with``) are opened until
 the next one fails to allocate; stock sessions hold a full cache each, pyuncomp sessions a compressed,
 shrunk one (the prompt is evaluated and compressed once, then loaded into each new session).
@@ -52,11 +54,14 @@ def decode_rate(llm, n_gen):
     return n_gen / (time.perf_counter() - t0)
 
 
-def speed_rows(model, depth, methods, ratios, cache, n_gen):
+def speed_rows(model, depth, methods, ratios, cache, n_gen, prefill_keeps=(), prefill_layer=None):
     tokens = prompt_tokens(depth)
     rows = []
-    for m, r in [("full", 1.0)] + [(m, r) for m in methods for r in ratios]:
-        llm = open_llama(model, depth + n_gen + 512, m, r, cache, shrink_cache=False)
+    settings = [("full", 1.0, None)] + [(m, r, k) for m in methods for r in ratios for k in [None, *prefill_keeps]]
+    for m, r, keep in settings:
+        prune = {} if keep is None else dict(prefill_prune=True, prefill_keep=keep, prefill_layer=prefill_layer)
+        name = m if keep is None else f"{m}+prune{keep}"
+        llm = open_llama(model, depth + n_gen + 512, m, r, cache, shrink_cache=False, **prune)
         t0 = time.perf_counter()
         llm.eval(tokens)
         t_prefill = time.perf_counter() - t0
@@ -70,12 +75,15 @@ def speed_rows(model, depth, methods, ratios, cache, n_gen):
         t_compress = time.perf_counter() - t0 if m != "full" else 0.0
         s = llm.compression_stats()
         rate = decode_rate(llm, n_gen)
+        kept = llm.prefill_kept
         llm.close()
-        row = dict(depth=depth, method=m, ratio=r, cache=cache, prefill_s=t_prefill, compress_s=t_compress,
-                   entropy_s=t_entropy,
+        row = dict(depth=depth, method=name, ratio=r, cache=cache, prefill_s=t_prefill, compress_s=t_compress,
+                   entropy_s=t_entropy, prefill_kept=kept,
                    decode_tok_s=rate, kv_bytes=s["kv_bytes"], kv_bytes_full=s["kv_bytes_full"])
         rows.append(row)
-        print(f"depth {depth:6d} {m:8s} {r:4.2f} {cache}: prefill {t_prefill:6.2f} s + compress {t_compress:5.3f} s "
+        print(f"depth {depth:6d} {name:8s} {r:4.2f} {cache}: prefill {t_prefill:6.2f} s "
+              f"({rows[0]['prefill_s'] / t_prefill:.2f}x stock{'' if kept is None else f'; later layers on {kept} tokens'})"
+              f" + compress {t_compress:5.3f} s "
               f"({100 * t_compress / t_prefill:4.1f}%; entropy alone {t_entropy:5.3f} s), decode {rate:6.1f} tok/s "
               f"({rate / rows[0]['decode_tok_s']:.2f}x), KV held {s['kv_bytes'] / 2**20:7.1f} MiB = "
               f"{s['kv_bytes'] / s['kv_bytes_full']:.3f} of full", flush=True)
@@ -145,6 +153,8 @@ def main():
     ap.add_argument("--concurrent-depth", type=int, default=32768, help="0: skip the concurrency count")
     ap.add_argument("--max-sessions", type=int, default=1000, help="stop counting there (a CPU run would fill RAM)")
     ap.add_argument("--json")
+    ap.add_argument("--prefill-keeps", type=float, nargs="*", default=[], help="pruned-prefill rows, one per fraction kept")
+    ap.add_argument("--prefill-layer", type=int, default=None, help="the pruned prefill's last full layer (default n_layer // 4)")
     a = ap.parse_args()
     out = {"speed": [], "concurrent": None}
 
@@ -154,7 +164,8 @@ def main():
                 json.dump(out, f, indent=1)
 
     for depth in a.depths:
-        out["speed"] += speed_rows(a.model, depth, a.methods.split(","), a.ratios, a.cache, a.n_gen)
+        out["speed"] += speed_rows(a.model, depth, a.methods.split(","), a.ratios, a.cache, a.n_gen,
+                                   a.prefill_keeps, a.prefill_layer)
         save()
     if a.concurrent_depth:
         out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.methods.split(","), min(a.ratios), a.cache,

@@ -58,22 +58,29 @@ def _check_args(depths, method, ratio, n_gen, rounds) -> None:
 
 def run(model_path: str, depths: Sequence[int] = (2048, 7168), method: str = "uncomp", ratio: float = 0.05,
         n_gen: int = 32, rounds: int = 3, n_threads: Optional[int] = None, n_gpu_layers: int = 0,
-        flash_attn: bool = False) -> List[dict]:
+        flash_attn: bool = False, prefill_prune: bool = False, prefill_keep: float = 0.5,
+        prefill_layer: Optional[int] = None) -> List[dict]:
     """One row per depth and cache (full first): prefill seconds (incl. compression), decode tok/s per
-    round, KV bytes held and what a full cache holds. ValueError on bad arguments."""
+    round, KV bytes held and what a full cache holds. prefill_prune adds a row of the method with a
+    pruned prefill (method name suffixed "+prune"). ValueError on bad arguments."""
     _check_args(depths, method, ratio, n_gen, rounds)
-    settings = [("full", 1.0), (method, ratio)]
+    settings = [("full", 1.0, {}), (method, ratio, {})]
+    if prefill_prune:
+        prune = dict(prefill_prune=True, prefill_keep=prefill_keep, prefill_layer=prefill_layer)
+        CompressionConfig(method=method, ratio=ratio, **prune)  # validates them
+        settings.append((method, ratio, prune))
     rows = []
     for depth in depths:
         llms, depth_rows = [], []
         try:
-            for m, r in settings:
+            for m, r, extra in settings:
                 llm = Llama(model_path, n_ctx=depth + n_gen * rounds + 16, n_batch=512, method=m, ratio=r,
-                            n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=False)
+                            n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=False,
+                            **extra)
                 llms.append(llm)
                 seconds, stats = prefill(llm, filler_tokens(llm, depth))
                 decode_rate(llm, 1)  # untimed: the first evaluation after compression releases the cache
-                depth_rows.append(dict(method=m, ratio=r, depth=depth, prefill_s=seconds, decode_tok_s=[],
+                depth_rows.append(dict(method=m + ("+prune" if extra else ""), ratio=r, depth=depth, prefill_s=seconds, decode_tok_s=[],
                                        kv_bytes=stats["kv_bytes"], kv_bytes_full=stats["kv_bytes_full"]))
             for _ in range(rounds):
                 for llm, row in zip(llms, depth_rows):

@@ -196,7 +196,8 @@ def cmd_bench(args) -> int:
 
     rows = bench.run(str(models.resolve(args.model)), args.depths, args.method, args.ratio, n_gen=args.n_gen,
                      rounds=args.rounds, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                     flash_attn=args.flash_attn == "on")
+                     flash_attn=args.flash_attn == "on", prefill_prune=args.prefill_prune,
+                     prefill_keep=args.prefill_keep, prefill_layer=args.prefill_layer)
     print(bench.markdown_table(rows))
     return 0
 
@@ -294,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     bench.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
     bench.add_argument("--flash-attn", choices=["on", "off"], default="off")
+    bench.add_argument("--prefill-prune", action="store_true",
+                       help="add a row of the method with a pruned prefill (UNComp's first stage)")
+    bench.add_argument("--prefill-keep", type=float, default=0.5,
+                       help="with --prefill-prune: fraction of tokens the later layers run on (default 0.5)")
+    bench.add_argument("--prefill-layer", type=int, default=None,
+                       help="with --prefill-prune: last layer on every token (default n_layer // 4)")
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama-cpp-python's) on the compressed model",
