@@ -45,11 +45,17 @@ def test_needles_sit_at_their_depth(evaluator):
 def test_an_answer_under_a_setting_is_the_answer_of_normal_use(smollm2_path, evaluator):
     # the runner evaluates the prompt once and compresses a saved copy per setting; a user's Llama
     # with the same setting evaluates and compresses the prompt itself: the same greedy answer
+    # (a pruned setting: the runner evaluates the prompt pruned once and compresses copies of it)
     sample = make_samples("niah_multikey", 2000, [0.5], 1, seed=3, count_tokens=evaluator.count_tokens)[0]
-    settings = settings_for(["full", "uncomp", "snapkv"], [0.05])
+    settings = settings_for(["full", "uncomp", "snapkv"], [0.05], prefill_keeps=[0.5])
+    assert [s.name for s in settings] == ["full", "uncomp 0.05", "uncomp 0.05 prune0.5", "snapkv 0.05",
+                                          "snapkv 0.05 prune0.5"]
     records = evaluator.run(sample, settings)
-    for setting, record in zip(settings, records):
-        llm = pyuncomp.Llama(smollm2_path, n_ctx=2560, method=setting.method, ratio=setting.ratio, verbose=False)
+    assert [r["setting"] for r in records] == ["full", "uncomp 0.05", "snapkv 0.05", "uncomp 0.05 prune0.5",
+                                               "snapkv 0.05 prune0.5"]
+    for record in records:
+        setting = next(s for s in settings if s.name == record["setting"])
+        llm = pyuncomp.Llama(smollm2_path, n_ctx=2560, **setting.config(), verbose=False)
         out = llm(sample.prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
         llm.close()
         assert record["output"] == out, setting
@@ -88,7 +94,7 @@ def test_fast_fidelity_subset_at_2k(smollm2_path, tmp_path):
     ({"tasks": ["nope"]}, "task"), ({"methods": ["h2o"]}, "method"), ({"ratios": [0.0]}, "ratio"),
     ({"ratios": [1.5]}, "ratio"), ({"lengths": [9000]}, "longer than the model's context"),
     ({"lengths": [10]}, "length"), ({"depths": [1.5]}, "depth"), ({"samples": 0}, "samples"),
-    ({"new_turns": "recompute"}, "new_turns"),
+    ({"new_turns": "recompute"}, "new_turns"), ({"prefill_keeps": [0.0]}, "prefill_keep"),
 ])
 def test_evaluate_refuses_bad_arguments(smollm2_path, kwargs, field):
     args = {"tasks": ["passkey"], "methods": ["full", "uncomp"], "ratios": [0.05], "lengths": [512], **kwargs}

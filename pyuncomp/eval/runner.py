@@ -1,7 +1,9 @@
 """Runs tasks under several compression settings. Each prompt is evaluated once: the full cache is
 saved, then restored and compressed under each setting in turn (``auto_compress=False``,
 ``set_compression``, ``compress``), and the answer decoded greedily. A setting's answer is the one it
-gives in normal use: there too the prompt is evaluated with the full cache and compressed after it."""
+gives in normal use: there too the prompt is evaluated with the full cache and compressed after it.
+Settings with a pruned prefill (``prefill_keep``) evaluate the prompt once more per fraction kept (the
+pruned prefill does not depend on the method or ratio), pruned, and compress that under each."""
 
 from __future__ import annotations
 
@@ -20,21 +22,34 @@ from .tasks import MAX_TOKENS, Sample, score
 class Setting:
     method: str
     ratio: float
+    prefill_keep: Optional[float] = None  # a pruned prefill keeping this fraction; None: not pruned
 
     @property
     def name(self) -> str:
-        return "full" if self.method == "full" else f"{self.method} {self.ratio:g}"
+        if self.method == "full":
+            return "full"
+        return f"{self.method} {self.ratio:g}" + ("" if self.prefill_keep is None else f" prune{self.prefill_keep:g}")
+
+    def config(self) -> dict:
+        """set_compression's arguments for this setting"""
+        prune = self.prefill_keep is not None
+        return dict(method=self.method, ratio=self.ratio, prefill_prune=prune,
+                    **({"prefill_keep": self.prefill_keep} if prune else {}))
 
 
-def settings_for(methods: Iterable[str], ratios: Iterable[float]) -> List[Setting]:
-    """full once (if asked), every other method at every ratio; bad names or ratios raise ValueError."""
+def settings_for(methods: Iterable[str], ratios: Iterable[float], prefill_keeps: Iterable[float] = ()) -> List[Setting]:
+    """full once (if asked), every other method at every ratio, and again with a pruned prefill keeping
+    each of prefill_keeps; bad names, ratios or fractions raise ValueError."""
     out = []
+    prefill_keeps = list(prefill_keeps)
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         for ratio in ([1.0] if method == "full" else ratios):
-            CompressionConfig(method=method, ratio=ratio)  # validates the ratio
-            out.append(Setting(method, float(ratio)))
+            for keep in [None] + ([] if method == "full" else prefill_keeps):
+                setting = Setting(method, float(ratio), None if keep is None else float(keep))
+                CompressionConfig(**setting.config())  # validates the ratio and fraction
+                out.append(setting)
     return out
 
 
@@ -63,37 +78,46 @@ class Evaluator:
         if len(tokens) + max_tokens > self.n_ctx:
             raise ValueError(f"{sample.task}: the prompt takes {len(tokens)} tokens, more than the context "
                              f"({self.n_ctx}) leaves for a {max_tokens}-token answer")
-        llm.reset()
-        llm.eval(tokens)
-        first = self._argmax()  # the prompt's next token: computed before any compression
-        full_state = llm.save_state()
         records = []
-        for setting in settings:
-            llm.load_state(full_state)
-            llm.set_compression(method=setting.method, ratio=setting.ratio)
-            llm.compress()
-            stats = llm.compression_stats()
-            out = self._greedy(first, max_tokens)
-            if chat:
-                # the second turn is evaluated like a user's next message: compressed after it
-                llm.auto_compress = True
-                try:
-                    second = self._chat_tokens(sample.followup, after=out)
-                    llm.eval(second)
-                    out = self._greedy(self._argmax(), max_tokens)
-                finally:
-                    llm.auto_compress = False
-            text = llm.detokenize(out).decode(errors="replace")
-            record = {
-                "task": sample.task, "length": sample.length, "n_tokens": len(tokens), "depth": sample.depth,
-                "index": sample.index, "method": setting.method, "ratio": setting.ratio, "setting": setting.name,
-                "score": score(sample.answers, text), "answers": sample.answers, "output": text,
-                "kv_fraction": stats["kv_bytes"] / stats["kv_bytes_full"],
-            }
-            records.append(record)
-            if on_result:
-                on_result(record)
+        for keep in dict.fromkeys(s.prefill_keep for s in settings):
+            # the prompt evaluated (pruned, with keep) once for every setting that shares it
+            llm.reset()
+            llm.set_compression(prefill_prune=keep is not None, **({} if keep is None else {"prefill_keep": keep}))
+            llm.eval(tokens)
+            first = self._argmax()  # the prompt's next token: computed before any compression
+            evaluated = llm.save_state()
+            for setting in (s for s in settings if s.prefill_keep == keep):
+                records.append(self._answer(sample, tokens, setting, evaluated, first, chat, max_tokens))
+                if on_result:
+                    on_result(records[-1])
+        llm.set_compression(prefill_prune=False)
         return records
+
+    def _answer(self, sample: Sample, tokens: List[int], setting: Setting, evaluated, first: int, chat: bool,
+                max_tokens: int) -> dict:
+        """The record of setting's answer to sample, from the evaluated prompt's state."""
+        llm = self.llm
+        llm.load_state(evaluated)
+        llm.set_compression(**setting.config())
+        llm.compress()
+        stats = llm.compression_stats()
+        out = self._greedy(first, max_tokens)
+        if chat:
+            # the second turn is evaluated like a user's next message: compressed after it
+            llm.auto_compress = True
+            try:
+                second = self._chat_tokens(sample.followup, after=out)
+                llm.eval(second)
+                out = self._greedy(self._argmax(), max_tokens)
+            finally:
+                llm.auto_compress = False
+        text = llm.detokenize(out).decode(errors="replace")
+        return {
+            "task": sample.task, "length": sample.length, "n_tokens": len(tokens), "depth": sample.depth,
+            "index": sample.index, "method": setting.method, "ratio": setting.ratio, "setting": setting.name,
+            "prefill_keep": setting.prefill_keep, "score": score(sample.answers, text), "answers": sample.answers,
+            "output": text, "kv_fraction": stats["kv_bytes"] / stats["kv_bytes_full"],
+        }
 
     def _argmax(self) -> int:
         logits = np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.llm.n_vocab(),))
