@@ -11,7 +11,8 @@
 #   - PROBE_CACHES (default "f16 q8_0"): the CUDA path keeps what the CPU path keeps, same prompt,
 #     small random model (tools/compress_probe.py);
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
-#     (parts are kept in /tmp/parts between calls of a warm machine);
+#     (parts are kept in /tmp/parts between calls of a warm machine); PASSKEY_ARGS are added to
+#     tools/passkey_answers.py's (e.g. "--prefill-keep 0.5");
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
@@ -48,7 +49,7 @@ if [ -f /tmp/parts/smollm2.sha256 ] && [ ! -f /tmp/smollm2.gguf ]; then
 fi
 if [ -f /tmp/smollm2.gguf ]; then
     for ngl in 0 -1; do
-        python3 tools/passkey_answers.py "$OUT/passkey_ngl$ngl.json" --model /tmp/smollm2.gguf --n-gpu-layers $ngl
+        python3 tools/passkey_answers.py "$OUT/passkey_ngl$ngl.json" --model /tmp/smollm2.gguf --n-gpu-layers $ngl ${PASSKEY_ARGS:-}
     done
     python3 tools/passkey_answers.py --compare "$OUT/passkey_ngl0.json" "$OUT/passkey_ngl-1.json" || true
     if [ -n "${SOAK_CALLS:-}" ]; then

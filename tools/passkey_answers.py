@@ -2,7 +2,7 @@
 checks that two runs (e.g. CPU and CUDA) gave the same answers.
 
     python tools/passkey_answers.py OUT.json --model M [--n-gpu-layers -1] [--methods full,uncomp,snapkv]
-        [--ratio 0.05] [--fillers 90]
+        [--ratio 0.05] [--fillers 90] [--prefill-keep 0.5]
     python tools/passkey_answers.py --compare CPU.json CUDA.json
 """
 
@@ -20,10 +20,13 @@ DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def answers(a):
-    out = {"model": Path(a.model).name, "n_gpu_layers": a.n_gpu_layers, "ratio": a.ratio, "methods": {}}
+    out = {"model": Path(a.model).name, "n_gpu_layers": a.n_gpu_layers, "ratio": a.ratio,
+           "prefill_keep": a.prefill_keep, "methods": {}}
     for method in a.methods.split(","):
+        # --prefill-keep: the compressing methods with a pruned prefill
+        prune = {} if a.prefill_keep is None or method == "full" else dict(prefill_prune=True, prefill_keep=a.prefill_keep)
         llm = pyuncomp.Llama(a.model, n_ctx=4096, n_gpu_layers=a.n_gpu_layers, flash_attn=True, method=method,
-                             ratio=1.0 if method == "full" else a.ratio, seed=0, verbose=False)
+                             ratio=1.0 if method == "full" else a.ratio, seed=0, verbose=False, **prune)
         rows = []
         for depth in DEPTHS:
             key = passkey_key(depth)
@@ -59,6 +62,7 @@ def main():
     ap.add_argument("--methods", default="full,uncomp,snapkv")
     ap.add_argument("--ratio", type=float, default=0.05)
     ap.add_argument("--fillers", type=int, default=90, help="filler sentences (90: about 2k tokens)")
+    ap.add_argument("--prefill-keep", type=float, default=None, help="prune the compressing methods' prefill, keeping this fraction")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"))
     a = ap.parse_args()
     if a.compare:
