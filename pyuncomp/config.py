@@ -25,7 +25,7 @@ class CompressionConfig:
     n_head_groups: UNComp head groups per layer.
     prefill_prune: prune hidden states during the prompt's evaluation (UNComp's first stage): layers
     after ``prefill_layer`` run only on the tokens that layer's window attention ranks highest, about
-    ``prefill_keep`` of them, at their own positions, and cache only those (llama-architecture models).
+    ``prefill_keep`` of them, at their own positions, and cache only those (llama, qwen2 and qwen3 architectures).
     prefill_layer: the last layer that sees every token; None: a quarter of the way, n_layer // 4.
     prefill_keep: fraction of the prompt's tokens the later layers run on, in (0, 1] (the window always).
     """

@@ -21,6 +21,10 @@ from .policies import LayerInfo, fit_budgets, make_policy
 GGUF_MAGIC = b"GGUF"
 
 
+# the architectures whose llama.cpp graph builders carry the pruned prefill's layer hook (patch 0005)
+PREFILL_ARCHS = ("llama", "qwen2", "qwen3")
+
+
 def _check(code: int) -> int:
     if code >= 0:
         return code
@@ -84,8 +88,8 @@ class Llama(llama_cpp.Llama):
     method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
     budget, window, pool_kernel, n_sink, n_head_groups: see ``CompressionConfig``.
     prefill_prune, prefill_layer, prefill_keep: hidden-state pruning while a prompt is evaluated from
-    an empty cache (``CompressionConfig``): a faster prefill; needs a compressing method, a
-    llama-architecture model and ``logits_all=False`` (the pruned layers give no per-token logits).
+    an empty cache (``CompressionConfig``): a faster prefill; needs a compressing method, a llama,
+    qwen2 or qwen3 architecture and ``logits_all=False`` (the pruned layers give no per-token logits).
     shrink_cache: after a compression, rebuild the llama context with only the cells the kept tokens
     need plus ``n_batch`` free ones, so that the full-size cache allocation is released (at the next
     evaluation, e.g. the first generated token: the context holds the logits sampled before it); the
@@ -224,8 +228,9 @@ class Llama(llama_cpp.Llama):
         if not config.prefill_prune:
             return None
         arch = self.metadata.get("general.architecture", "?")
-        if arch != "llama":
-            raise ValueError(f"prefill_prune: not available for the '{arch}' architecture (llama-architecture models only)")
+        if arch not in PREFILL_ARCHS:
+            raise ValueError(f"prefill_prune: not available for the '{arch}' architecture "
+                             f"(only {', '.join(PREFILL_ARCHS)})")
         n_layer = llama_cpp.llama_model_n_layer(self._model.model)
         layer = n_layer // 4 if config.prefill_layer is None else config.prefill_layer
         if not 0 <= layer <= n_layer - 2:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import pyuncomp
+from synthetic_models import write_transformer_gguf
 from test_engine import N_CTX, passkey_key, passkey_prompt, passkey_score
 
 LAYER = 30 // 4  # the default prefill_layer of SmolLM2's 30 layers
@@ -28,6 +29,24 @@ def plain(smollm2_path):
     llm.close()
 
 
+def assert_holds_kept_tokens_at_their_positions(pruned, plain, layer, n):
+    """Layer `layer` (the first after prefill_layer) of the pruned evaluation holds prefill_kept tokens,
+    about keep x n with the dropped count a multiple of 256; layer - 1 saw every token as the plain
+    evaluation did; the next layer's keys come from the same residual rows at the same positions
+    (RoPE): each of its rows is the plain evaluation's key of one token, in increasing positions, the
+    window's last, and not simply the last tokens."""
+    kept = pruned.prefill_kept
+    assert kept < n and (n - kept) % 256 == 0
+    np.testing.assert_array_equal(pruned.cached_keys(layer - 1), plain.cached_keys(layer - 1))
+    rows = pruned.cached_keys(layer)
+    assert rows.shape[0] == n and not rows[: n - kept].any()  # the cells before the kept ones are unused
+    full = plain.cached_keys(layer)
+    source = [int(np.argmin(np.abs(full - row).max(axis=1))) for row in rows[n - kept:]]
+    assert max(float(np.abs(full[s] - row).max()) for s, row in zip(source, rows[n - kept:])) < 1e-2
+    assert source == sorted(set(source)) and source[-WINDOW:] == list(range(n - WINDOW, n))
+    assert source != list(range(n - kept, n))
+
+
 def test_pruning_that_keeps_every_token_gives_the_unpruned_logits_and_cache(smollm2_path, plain):
     pruned = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=1.0)
     tokens = prompt_tokens(pruned)
@@ -43,22 +62,30 @@ def test_later_layers_hold_the_kept_tokens_at_their_own_positions(smollm2_path, 
     pruned = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.4)
     tokens = prompt_tokens(pruned)
     pruned.eval(tokens)
-    n, kept = len(tokens), pruned.prefill_kept
-    # about keep x n, rounded up so that the later layers start on a 256-cell tile
-    assert 0.4 * n <= kept < n and (n - kept) % 256 == 0
-    # the layers up to prefill_layer saw every token, as a plain evaluation does
-    np.testing.assert_array_equal(pruned.cached_keys(LAYER), plain.cached_keys(LAYER))
-    # the next layer's keys come from the same residual rows at the same positions (RoPE): each of its
-    # rows is the plain evaluation's key of one token, in increasing positions, the window's last
-    rows = pruned.cached_keys(LAYER + 1)
-    assert rows.shape[0] == n and not rows[: n - kept].any()  # the cells before the kept ones are unused
-    full = plain.cached_keys(LAYER + 1)
-    source = [int(np.argmin(np.abs(full - row).max(axis=1))) for row in rows[n - kept:]]
-    assert max(float(np.abs(full[s] - row).max()) for s, row in zip(source, rows[n - kept:])) < 1e-2
-    assert source == sorted(set(source)) and source[-WINDOW:] == list(range(n - WINDOW, n))
-    # a pruned token's key would be at another position: the rows are not the plain layer's last ones
-    assert source != list(range(n - kept, n))
+    assert pruned.prefill_kept >= 0.4 * len(tokens)
+    assert_holds_kept_tokens_at_their_positions(pruned, plain, LAYER + 1, len(tokens))
     pruned.close()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen2_and_qwen3_builders_prune_too(tmp_path, arch):
+    # random weights (meaningless text): the hook's exactness and positions, not answers
+    path = str(write_transformer_gguf(tmp_path / f"{arch}.gguf", arch))
+    tokens = [1] + [3 + (7 * i) % 290 for i in range(700)]
+
+    def evaluated(**kwargs):
+        llm = pyuncomp.Llama(path, n_ctx=1024, method="snapkv", ratio=0.5, auto_compress=False, verbose=False, **kwargs)
+        llm.eval(tokens)
+        return llm
+
+    plain = evaluated()
+    every = evaluated(prefill_prune=True, prefill_layer=1, prefill_keep=1.0)
+    assert every.prefill_kept == len(tokens)
+    np.testing.assert_array_equal(every._last_logits(), plain._last_logits())
+    pruned = evaluated(prefill_prune=True, prefill_layer=1, prefill_keep=0.3)
+    assert_holds_kept_tokens_at_their_positions(pruned, plain, 2, len(tokens))
+    for llm in (plain, every, pruned):
+        llm.close()
 
 
 def test_a_prompt_no_longer_than_the_window_is_evaluated_unpruned(smollm2_path):

@@ -170,7 +170,7 @@ LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_
 
 //
 // Hidden-state pruning during prefill (UNComp's first stage), for sequence 0 of an attached context
-// whose memory is a plain KV cache (llama architecture): begin, evaluate the whole prompt from an empty
+// whose memory is a plain KV cache (llama, qwen2 and qwen3 architectures): begin, evaluate the whole prompt from an empty
 // sequence as usual (observing its window), then finish. Between them evaluations run layers
 // 0..layer only (their logits are not the model's) and keep layer `layer`'s output rows. finish ranks
 // the prompt's tokens by that layer's window attention (summed over KV heads, pooled as SnapKV does),
@@ -178,7 +178,7 @@ LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_
 // multiple of 256) and evaluates layers layer+1.. on them only, in batches of n_batch, at their own
 // positions: those layers then hold only the kept tokens, as if compressed to them, and the context's
 // logits are the prompt's last token's. keep = 1 runs both phases on every token.
-// begin: 0, LLAMA_UNCOMP_ERR_MEMORY (not a plain KV cache or not a llama-architecture model),
+// begin: 0, LLAMA_UNCOMP_ERR_MEMORY (not a plain KV cache or not one of those architectures),
 // LLAMA_UNCOMP_ERR_PARAMS (layer not in [0, n_layer - 2], or a prefill already begun),
 // LLAMA_UNCOMP_ERR_SHARED (sequence 0 is not empty). finish: the number of tokens the later layers hold,
 // or < 0, after which sequence 0 is empty again (as after abort).

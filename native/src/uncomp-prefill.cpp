@@ -50,7 +50,7 @@ private:
 
 // the architectures whose builders call the hook (patch 0005)
 bool has_layer_hook(const llama_model & model) {
-    return model.arch == LLM_ARCH_LLAMA;
+    return model.arch == LLM_ARCH_LLAMA || model.arch == LLM_ARCH_QWEN2 || model.arch == LLM_ARCH_QWEN3;
 }
 
 void end_prefill(llama_context * ctx, uncomp_prefill & pf) {

@@ -41,7 +41,7 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
     once, every other method at every ratio). Returns {"run", "records", "summary"}; with out_dir, also
     writes results.json, summary.md and PNG plots there. new_turns: how the chat task's second turn
     meets the compressed first one (``pyuncomp.Llama``'s parameter). prefill_keeps: every compressing
-    setting again with a pruned prefill keeping each fraction (``prefill_prune``; llama-architecture
+    setting again with a pruned prefill keeping each fraction (``prefill_prune``; llama, qwen2, qwen3
     models). Bad arguments raise ValueError."""
     tasks, lengths, depths = list(tasks), list(lengths), list(depths)
     _check_args(tasks, lengths, depths, samples)
