@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 
 namespace {
@@ -17,6 +18,11 @@ namespace {
 ggml_tensor * head_rows(ggml_context * ctx, ggml_tensor * storage, uint32_t stream, int64_t head_dim, int64_t h) {
     return ggml_view_2d(ctx, storage, head_dim, storage->ne[1], storage->nb[1],
                         stream * storage->nb[2] + h * ggml_row_size(storage->type, head_dim));
+}
+
+// rows [0, kv_size) of every KV head of one stream of a K storage: [n_embd_k_gqa, kv_size]
+ggml_tensor * stream_rows(ggml_context * ctx, ggml_tensor * storage, uint32_t stream) {
+    return ggml_view_2d(ctx, storage, storage->ne[0], storage->ne[1], storage->nb[1], stream * storage->nb[2]);
 }
 
 ggml_tensor * cell_index(ggml_context * ctx, const std::vector<uint32_t> & cells) {
@@ -106,16 +112,31 @@ struct cell_inputs {
     }
 };
 
-// a step's per-head results (f32), copied into one output tensor so that they come back in one read
+// a step's per-head results (f32), copied into one output tensor so that they come back in one graph
 struct packed_outputs {
-    std::vector<std::vector<std::pair<ggml_tensor *, int64_t>>> parts; // [layer][head]: result, offset
+    struct part {
+        ggml_tensor * t = nullptr; // the result holding the head's values
+        int64_t       at = 0;      // where they start in the output
+        int64_t       n = 0;       // how many
+    };
+    std::vector<std::vector<part>> parts;                   // [layer][head]
+    std::vector<std::pair<ggml_tensor *, int64_t>> copies;  // each result once: tensor, offset
     int64_t       n_values = 0;
     ggml_tensor * all      = nullptr;
 
     explicit packed_outputs(size_t n_layers) : parts(n_layers) {}
     void add(size_t l, size_t h, ggml_tensor * t) {
-        if (parts[l].size() <= h) parts[l].resize(h + 1, { nullptr, 0 });
-        parts[l][h] = { t, n_values };
+        if (parts[l].size() <= h) parts[l].resize(h + 1);
+        parts[l][h] = { t, n_values, ggml_nelements(t) };
+        copies.push_back({ t, n_values });
+        n_values += ggml_nelements(t);
+    }
+    // t holds n_heads heads' values one after the other (the slowest dimension is the head)
+    void add_heads(size_t l, ggml_tensor * t, int64_t n_heads) {
+        const int64_t n = ggml_nelements(t) / n_heads;
+        parts[l].assign(n_heads, part());
+        for (int64_t h = 0; h < n_heads; ++h) parts[l][h] = { t, n_values + h * n, n };
+        copies.push_back({ t, n_values });
         n_values += ggml_nelements(t);
     }
     // after every add: the copies into one tensor, the graph's output
@@ -123,24 +144,28 @@ struct packed_outputs {
         if (n_values == 0) return;
         all = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, n_values);
         ggml_set_output(all);
-        for (const auto & layer : parts) {
-            for (const auto & [t, at] : layer) {
-                if (t == nullptr) continue;
-                ggml_build_forward_expand(gf, ggml_cpy(ctx, t, ggml_view_1d(ctx, all, ggml_nelements(t), at * sizeof(float))));
-            }
+        for (const auto & [t, at] : copies) {
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, t, ggml_view_1d(ctx, all, ggml_nelements(t), at * sizeof(float))));
         }
     }
-    // [layer][head] values; an empty vector where a head has none
+    // [layer][head] values; an empty vector where a head has none. Each head's values are read
+    // straight into its own vector: no buffer of them all is faulted in and copied again.
     template <typename T>
     std::vector<std::vector<std::vector<T>>> read(const std::vector<size_t> & n_heads) const {
-        std::vector<float> values(n_values);
-        if (all != nullptr) ggml_backend_tensor_get(all, values.data(), 0, ggml_nbytes(all));
         std::vector<std::vector<std::vector<T>>> out(parts.size());
+        std::vector<float> staging; // only for T != float
         for (size_t l = 0; l < parts.size(); ++l) {
             out[l].resize(n_heads[l]);
             for (size_t h = 0; h < parts[l].size(); ++h) {
-                if (const auto [t, at] = parts[l][h]; t != nullptr) {
-                    out[l][h].assign(values.begin() + at, values.begin() + at + ggml_nelements(t));
+                const part & p = parts[l][h];
+                if (p.t == nullptr) continue;
+                out[l][h].resize(p.n);
+                if constexpr (std::is_same_v<T, float>) {
+                    ggml_backend_tensor_get(all, out[l][h].data(), p.at * sizeof(float), p.n * sizeof(float));
+                } else {
+                    staging.resize(p.n);
+                    ggml_backend_tensor_get(all, staging.data(), p.at * sizeof(float), p.n * sizeof(float));
+                    std::copy(staging.begin(), staging.end(), out[l][h].begin());
                 }
             }
         }
@@ -169,6 +194,23 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
         // q: [head_dim, wq, n_head]; the query heads of KV head h are [h*gqa, (h+1)*gqa)
         q_in[l] = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim, j.wq, j.n_head);
         ggml_set_input(q_in[l]);
+        const bool shared = takes_part(j.keys.cells[0]) &&
+            std::all_of(j.keys.cells.begin(), j.keys.cells.end(), [&](const auto * c) { return c == j.keys.cells[0]; });
+        if (shared) {
+            // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
+            // the same arithmetic per head as below
+            const int64_t n = (int64_t) j.keys.cells[0]->size();
+            ggml_tensor * rows = ggml_get_rows(ctx, stream_rows(ctx, j.keys.storage, j.keys.stream),
+                                               cells.add(ctx, j.keys.cells[0]));           // [n_embd_k_gqa, n] f32
+            ggml_tensor * k = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, head_dim, n_head_kv, n), 0, 2, 1, 3));
+            ggml_tensor * qg = ggml_reshape_3d(ctx, q_in[l], head_dim, j.wq * gqa, n_head_kv);
+            ggml_tensor * kq = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, k, qg), n, j.wq, gqa, n_head_kv); // [n, wq, gqa, n_head_kv]
+            kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n - j.wq));
+            kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
+            kq = ggml_cont(ctx, ggml_permute(ctx, kq, 2, 0, 1, 3));                      // [wq, gqa, n, n_head_kv]
+            mass.add_heads(l, ggml_sum_rows(ctx, ggml_reshape_3d(ctx, kq, j.wq * gqa, n, n_head_kv)), n_head_kv); // [1, n, n_head_kv]
+            continue;
+        }
         for (int64_t h = 0; h < n_head_kv; ++h) {
             if (!takes_part(j.keys.cells[h])) {
                 continue;
