@@ -272,7 +272,7 @@ class Llama(llama_cpp.Llama):
         if prune:
             self._ctx.kv_cache_seq_rm(-1, 0, -1)
             lib.llama_uncomp_forget(ctx, 0)
-            _check(lib.llama_uncomp_prefill_begin(ctx, self._prefill_layer))
+            _check(lib.llama_uncomp_prefill_begin(ctx, self._prefill_layer, len(tokens)))
         try:
             split = max(0, len(tokens) - self.compression.window) // self.n_batch * self.n_batch
             for start in range(0, split, self.n_batch):  # the parent's own chunks, one at a time for progress

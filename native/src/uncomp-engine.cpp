@@ -75,9 +75,11 @@ uncomp_state * state_of(const llama_context * ctx) {
 // layer il's output rows ("l_out-<il>", [n_embd, n_tokens]) appended to a pruned prefill's residual
 void keep_residual(uncomp_prefill & pf, const ggml_tensor * t) {
     GGML_ASSERT(t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && t->ne[0] == pf.n_embd);
+    const auto t0 = std::chrono::steady_clock::now();
     const size_t at = pf.residual.size();
     pf.residual.resize(at + ggml_nelements(t));
     ggml_backend_tensor_get(t, pf.residual.data() + at, 0, ggml_nbytes(t));
+    pf.capture_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // ggml's eval callback: with ask=true it says which tensors it wants, then receives them computed.

@@ -85,7 +85,7 @@ bool uncomp_prefill_skip_layer(const llm_graph_context & gctx, int il, ggml_tens
     return false;
 }
 
-int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer) {
+int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, int32_t n_tokens) {
     uncomp_prefill * pf = uncomp_prefill_of(ctx);
     if (pf == nullptr) {
         return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
@@ -95,7 +95,7 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer) {
     if (kv == nullptr || !has_layer_hook(model)) {
         return LLAMA_UNCOMP_ERR_MEMORY;
     }
-    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || pf->phase != UNCOMP_PREFILL_OFF) {
+    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || n_tokens < 0 || pf->phase != UNCOMP_PREFILL_OFF) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
     if (kv->seq_pos_max(0) >= 0) {
@@ -105,6 +105,8 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer) {
     pf->phase  = UNCOMP_PREFILL_HEAD;
     pf->layer  = layer;
     pf->n_embd = model.hparams.n_embd;
+    pf->residual.reserve((size_t) n_tokens * pf->n_embd); // grown by copies otherwise, 512 MiB at 32k for 8B
+    pf->t_begin = std::chrono::steady_clock::now();
     uncomp_refresh_graphs(ctx);
     return 0;
 }
@@ -114,8 +116,9 @@ void llama_uncomp_prefill_abort(struct llama_context * ctx) {
     if (pf == nullptr || pf->phase == UNCOMP_PREFILL_OFF) {
         return;
     }
+    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
     llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
-    uncomp_layout_clear(dynamic_cast<llama_kv_cache *>(ctx->get_memory()), -1);
+    uncomp_layout_clear(kv, (int32_t) kv->get_stream(0));
     end_prefill(ctx, *pf);
 }
 
@@ -140,6 +143,13 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
         return LLAMA_UNCOMP_ERR_SHARED;
     }
     const llama_uncomp_params & p = *uncomp_params_of(ctx);
+    uncomp_step_timer timer("prefill");
+    if (timer.on) {
+        char buf[96];
+        snprintf(buf, sizeof(buf), " head %.1f ms (residual kept in %.1f ms)",
+                 std::chrono::duration<double, std::milli>(timer.t - pf->t_begin).count(), pf->capture_ms);
+        timer.line += buf;
+    }
     // |S| tokens run the tail; the first of them at a cell on a 256-row tile, where all heads start,
     // so that the tail's attention needs no per-head mask (uncomp_build_attn_heads)
     int64_t n_kept = std::min<int64_t>(n, std::max<int64_t>((int64_t) std::ceil((double) keep * n), p.window + p.n_sink));
@@ -155,6 +165,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
         std::iota(kept.begin(), kept.end(), 0u);
     }
     GGML_ASSERT((int64_t) kept.size() == n_kept);
+    timer.step("rank");
 
     // the tail: kept tokens at batch positions (and cells) n - n_kept.. n - 1, their own positions for
     // RoPE; layers > layer start at that cell for every head
@@ -194,6 +205,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
         }
     }
     llama_batch_free(batch);
+    timer.step("tail");
     // the kept tokens must have landed in cells pos0.. (an empty cache fills from its head)
     for (int64_t i = 0; err == 0 && i < n_kept; ++i) {
         const uint32_t c = (uint32_t) (pos0 + i);

@@ -10,6 +10,7 @@
 // internals.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
@@ -27,6 +28,9 @@ struct uncomp_prefill {
     int32_t              layer = -1;
     int64_t              n_embd = 0;
     std::vector<float>   residual;      // head: layer's output rows so far, [n_tokens][n_embd]
+    // UNCOMP_TIMING: when the head phase began, and the time spent keeping the residual
+    std::chrono::steady_clock::time_point t_begin;
+    double               capture_ms = 0.0;
     std::vector<int32_t> kept_pos;      // tail: the kept tokens' true positions, in order
     int32_t              tail_pos0 = 0; // tail: the batch position (and cell) of the first kept token
 };
