@@ -23,23 +23,32 @@ class Setting:
     method: str
     ratio: float
     prefill_keep: Optional[float] = None  # a pruned prefill keeping this fraction; None: not pruned
+    prefill_layer: Optional[int] = None   # its last full layer; None: the default
 
     @property
     def name(self) -> str:
         if self.method == "full":
             return "full"
-        return f"{self.method} {self.ratio:g}" + ("" if self.prefill_keep is None else f" prune{self.prefill_keep:g}")
+        if self.prefill_keep is None:
+            return f"{self.method} {self.ratio:g}"
+        layer = "" if self.prefill_layer is None else f"@{self.prefill_layer}"
+        return f"{self.method} {self.ratio:g} prune{self.prefill_keep:g}{layer}"
 
     def config(self) -> dict:
         """set_compression's arguments for this setting"""
         prune = self.prefill_keep is not None
         return dict(method=self.method, ratio=self.ratio, prefill_prune=prune,
-                    **({"prefill_keep": self.prefill_keep} if prune else {}))
+                    **(self.prefill() if prune else {}))
+
+    def prefill(self) -> dict:
+        """the pruned prefill's arguments (it does not depend on the method or ratio)"""
+        return dict(prefill_keep=self.prefill_keep, prefill_layer=self.prefill_layer)
 
 
-def settings_for(methods: Iterable[str], ratios: Iterable[float], prefill_keeps: Iterable[float] = ()) -> List[Setting]:
+def settings_for(methods: Iterable[str], ratios: Iterable[float], prefill_keeps: Iterable[float] = (),
+                 prefill_layer: Optional[int] = None) -> List[Setting]:
     """full once (if asked), every other method at every ratio, and again with a pruned prefill keeping
-    each of prefill_keeps; bad names, ratios or fractions raise ValueError."""
+    each of prefill_keeps (after prefill_layer); bad names, ratios or fractions raise ValueError."""
     out = []
     prefill_keeps = list(prefill_keeps)
     for method in methods:
@@ -47,7 +56,8 @@ def settings_for(methods: Iterable[str], ratios: Iterable[float], prefill_keeps:
             raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         for ratio in ([1.0] if method == "full" else ratios):
             for keep in [None] + ([] if method == "full" else prefill_keeps):
-                setting = Setting(method, float(ratio), None if keep is None else float(keep))
+                setting = Setting(method, float(ratio), None if keep is None else float(keep),
+                                  None if keep is None else prefill_layer)
                 CompressionConfig(**setting.config())  # validates the ratio and fraction
                 out.append(setting)
     return out
@@ -79,18 +89,20 @@ class Evaluator:
             raise ValueError(f"{sample.task}: the prompt takes {len(tokens)} tokens, more than the context "
                              f"({self.n_ctx}) leaves for a {max_tokens}-token answer")
         records = []
-        for keep in dict.fromkeys(s.prefill_keep for s in settings):
-            # the prompt evaluated (pruned, with keep) once for every setting that shares it
+        for prefill in dict.fromkeys((s.prefill_keep, s.prefill_layer) for s in settings):
+            # the prompt evaluated (pruned, if so) once for every setting that shares its prefill
+            pruned = next(s for s in settings if (s.prefill_keep, s.prefill_layer) == prefill)
             llm.reset()
-            llm.set_compression(prefill_prune=keep is not None, **({} if keep is None else {"prefill_keep": keep}))
+            llm.set_compression(prefill_prune=pruned.prefill_keep is not None,
+                                **(pruned.prefill() if pruned.prefill_keep is not None else {}))
             llm.eval(tokens)
             first = self._argmax()  # the prompt's next token: computed before any compression
             evaluated = llm.save_state()
-            for setting in (s for s in settings if s.prefill_keep == keep):
+            for setting in (s for s in settings if (s.prefill_keep, s.prefill_layer) == prefill):
                 records.append(self._answer(sample, tokens, setting, evaluated, first, chat, max_tokens))
                 if on_result:
                     on_result(records[-1])
-        llm.set_compression(prefill_prune=False)
+        llm.set_compression(prefill_prune=False, prefill_layer=None)
         return records
 
     def _answer(self, sample: Sample, tokens: List[int], setting: Setting, evaluated, first: int, chat: bool,
