@@ -172,16 +172,16 @@ LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_
 // Hidden-state pruning during prefill (UNComp's first stage), for sequence 0 of an attached context
 // whose memory is a plain KV cache (llama, qwen2 and qwen3 architectures): begin, evaluate the whole
 // prompt of n_tokens tokens from an empty sequence as usual (observing its window), then finish.
-// Between them evaluations run layers 0..layer only (their logits are not the model's) and keep layer
-// `layer`'s output rows. finish ranks the prompt's tokens by that layer's window attention (summed
+// Between them evaluations run layers 0..layer only (their logits are not the model's) and write layer
+// `layer`'s output rows into a buffer of n_tokens rows on that layer's device (f32, freed at the end). finish ranks the prompt's tokens by that layer's window attention (summed
 // over KV heads, pooled as SnapKV does), keeps about keep x n of them (the window and sinks always;
 // rounded up so that the dropped count is a multiple of 256) and evaluates layers layer+1.. on them
 // only, in batches of n_batch, at their own positions: those layers then hold only the kept tokens,
 // as if compressed to them, and the context's logits are the prompt's last token's. keep = 1 runs both
 // phases on every token.
 // begin: 0, LLAMA_UNCOMP_ERR_MEMORY (not a plain KV cache or not one of those architectures),
-// LLAMA_UNCOMP_ERR_PARAMS (layer not in [0, n_layer - 2], n_tokens < 0, or a prefill already begun),
-// LLAMA_UNCOMP_ERR_SHARED (sequence 0 is not empty). finish: the number of tokens the later layers
+// LLAMA_UNCOMP_ERR_PARAMS (layer not in [0, n_layer - 2], n_tokens < 1, or a prefill already begun),
+// LLAMA_UNCOMP_ERR_SHARED (sequence 0 is not empty), LLAMA_UNCOMP_ERR_DEVICE (no memory for the rows). finish: the number of tokens the later layers
 // hold, or < 0, after which sequence 0 is empty again (as after abort).
 LLAMA_API int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, int32_t n_tokens);
 LLAMA_API int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int32_t n_batch);

@@ -72,30 +72,14 @@ uncomp_state * state_of(const llama_context * ctx) {
     return it == g_states.end() ? nullptr : it->second.get();
 }
 
-// layer il's output rows ("l_out-<il>", [n_embd, n_tokens]) appended to a pruned prefill's residual
-void keep_residual(uncomp_prefill & pf, const ggml_tensor * t) {
-    GGML_ASSERT(t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && t->ne[0] == pf.n_embd);
-    const auto t0 = std::chrono::steady_clock::now();
-    const size_t at = pf.residual.size();
-    pf.residual.resize(at + ggml_nelements(t));
-    ggml_backend_tensor_get(t, pf.residual.data() + at, 0, ggml_nbytes(t));
-    pf.capture_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 // ggml's eval callback: with ask=true it says which tensors it wants, then receives them computed.
-// We want each layer's post-RoPE queries, the ROPE node named "Qcur-<il>", while observing, and the
-// pruning layer's output rows during a pruned prefill's head phase. It is installed during a pruned
-// prefill even when it wants nothing: the layer-skip hook finds the prefill's phase through it.
+// We want each layer's post-RoPE queries, the ROPE node named "Qcur-<il>", while observing. It is
+// installed only then: with any callback, ggml's scheduler waits for the device after every split.
 bool observe_queries(ggml_tensor * t, bool ask, void * user_data) {
     auto * st = static_cast<uncomp_state *>(user_data);
     const bool query = st->observing && t->op == GGML_OP_ROPE && std::strncmp(t->name, "Qcur-", 5) == 0;
-    const bool residual = st->prefill.phase == UNCOMP_PREFILL_HEAD && std::strncmp(t->name, "l_out-", 6) == 0 &&
-                          std::atoi(t->name + 6) == st->prefill.layer;
     if (ask) {
-        return query || residual;
-    }
-    if (residual) {
-        keep_residual(st->prefill, t);
+        return query;
     }
     if (!query) {
         return true;
@@ -445,8 +429,7 @@ namespace {
 // The next graph must be built afresh: a reused one would keep views of the old per-head layout.
 // (Setting the eval callback drops the reusable graph; the callback is installed while it has work.)
 void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
-    const bool wanted = st.observing || st.prefill.phase != UNCOMP_PREFILL_OFF;
-    ctx->set_eval_callback(wanted ? observe_queries : nullptr, wanted ? &st : nullptr);
+    ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
 }
 
 // Window attention mass (attention_mass) of every layer's heads with scored[li][h] set over the tokens
@@ -847,8 +830,14 @@ uncomp_prefill * uncomp_prefill_of(const llama_context * ctx) {
     return st == nullptr ? nullptr : &st->prefill;
 }
 
-const uncomp_prefill * uncomp_prefill_of_graph(ggml_backend_sched_eval_callback cb, void * cb_user_data) {
-    return cb == observe_queries ? &static_cast<const uncomp_state *>(cb_user_data)->prefill : nullptr;
+uncomp_prefill * uncomp_prefill_of_sched(const ggml_backend_sched * sched) {
+    std::lock_guard<std::mutex> lock(g_states_mutex);
+    for (const auto & [ctx, st] : g_states) {
+        if (ctx->get_sched() == sched) {
+            return &st->prefill;
+        }
+    }
+    return nullptr;
 }
 
 void uncomp_refresh_graphs(llama_context * ctx) {

@@ -45,8 +45,9 @@ int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from);
 const llama_uncomp_params * uncomp_params_of(const llama_context * ctx);
 // the context's prefill state, nullptr when not attached
 uncomp_prefill * uncomp_prefill_of(const llama_context * ctx);
-// the prefill state of the context whose graph is built with this eval callback, else nullptr
-const uncomp_prefill * uncomp_prefill_of_graph(ggml_backend_sched_eval_callback cb, void * cb_user_data);
+// the prefill state of the attached context whose graphs run on this scheduler (a graph being built
+// knows only that of its context), else nullptr
+uncomp_prefill * uncomp_prefill_of_sched(const ggml_backend_sched * sched);
 // the next graphs are built afresh (a phase changed), with the callback installed while it has work
 void uncomp_refresh_graphs(llama_context * ctx);
 // sequence 0's tokens (indices in position order) that n_keep keeps when ranked by layer il's window

@@ -65,6 +65,20 @@ public:
     }
 
     ggml_tensor * starts = nullptr;
+    // uniform starts: the mask's rows [s_first, n_kv), contiguous, made once per graph and mask
+    const ggml_tensor * mask = nullptr;
+    ggml_tensor *       mask_rows = nullptr;
+
+    // the rows of `mask` from s_first that an earlier layer of the graph being built made, or nullptr
+    static ggml_tensor * mask_rows_of(const llm_graph_result & res, const ggml_tensor * mask, uint32_t s_first) {
+        for (const auto & in : res.inputs) {
+            const auto * h = dynamic_cast<const head_start_input *>(in.get());
+            if (h != nullptr && h->mask == mask && h->s_first == s_first && h->mask_rows != nullptr) {
+                return h->mask_rows;
+            }
+        }
+        return nullptr;
+    }
 
 private:
     const ggml_tensor * storage;
@@ -134,10 +148,18 @@ ggml_tensor * uncomp_build_attn_heads(
     });
     // the input checks, when llama.cpp would reuse this graph, that the layout is still the same
     auto * input = new head_start_input(k->view_src, start, s0, (uint32_t) s_first, n_head / k->ne[1]);
+    if (uniform) {
+        // one copy for all the graph's layers that start there (the layers of a pruned prefill's tail)
+        input->mask      = kq_mask;
+        input->mask_rows = head_start_input::mask_rows_of(*gctx.res, kq_mask, (uint32_t) s_first);
+        if (input->mask_rows == nullptr) {
+            input->mask_rows = ggml_cont(ctx, mask_rows);
+        }
+    }
     gctx.res->add_input(llm_graph_input_ptr(input));
     t_in_hook = true;
     if (uniform) {
-        ggml_tensor * out = gctx.build_attn_mha(q, k_rows, v_rows, nullptr, ggml_cont(ctx, mask_rows), sinks, nullptr, n_kv_max, kq_scale, il);
+        ggml_tensor * out = gctx.build_attn_mha(q, k_rows, v_rows, nullptr, input->mask_rows, sinks, nullptr, n_kv_max, kq_scale, il);
         t_in_hook = false;
         return out;
     }

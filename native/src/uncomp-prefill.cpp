@@ -13,6 +13,7 @@
 #include "llama-model.h"
 
 #include "ggml.h"
+#include "ggml-alloc.h"
 #include "ggml-backend.h"
 
 #include <algorithm>
@@ -22,30 +23,46 @@
 
 namespace {
 
-// The tail phase's RoPE positions: the batch carries consecutive positions (tail_pos0 + i, which are
-// also the cells the kept tokens land in); after llama.cpp's own input wrote them into the graph's
-// position tensor (inputs are set in the order they were added), each is replaced by the kept token's
-// own position.
-class kept_positions_input : public llm_graph_input_i {
+// The rows of the residual buffer that a ubatch's graph writes (head: the tokens' positions, which are
+// their rows on a prompt evaluated from an empty cache) or gathers (tail: the kept tokens' positions):
+// an input [n_tokens] i32. In the tail the batch carries consecutive positions (tail_pos0 + i, also the
+// cells the kept tokens land in); after llama.cpp's own input wrote them into the graph's position tensor
+// (inputs are set in the order they were added), each is replaced by the kept token's own (RoPE).
+class residual_rows_input : public llm_graph_input_i {
 public:
-    kept_positions_input(const uncomp_prefill & pf, ggml_tensor * pos) : pos(pos), pf(pf) {}
+    residual_rows_input(uncomp_prefill & pf, ggml_tensor * rows, ggml_tensor * pos) : rows(rows), pos(pos), pf(pf) {}
 
     void set_input(const llama_ubatch * ubatch) override {
-        std::vector<int32_t> values(ubatch->n_tokens);
-        for (uint32_t i = 0; i < ubatch->n_tokens; ++i) {
+        const uint32_t n = ubatch->n_tokens;
+        std::vector<int32_t> row(n);
+        for (uint32_t i = 0; i < n; ++i) {
+            if (pf.phase == UNCOMP_PREFILL_HEAD) {
+                const llama_pos p = ubatch->pos[i];
+                // a position beyond the buffer fails the prefill at finish; its row goes to row 0
+                pf.overflow = pf.overflow || p < 0 || p >= pf.residual->ne[1];
+                row[i] = p >= 0 && p < pf.residual->ne[1] ? p : 0;
+                continue;
+            }
             const int64_t k = (int64_t) ubatch->pos[i] - pf.tail_pos0;
             GGML_ASSERT(k >= 0 && k < (int64_t) pf.kept_pos.size());
-            values[i] = pf.kept_pos[k];
+            row[i] = pf.kept_pos[k];
         }
-        ggml_backend_tensor_set(pos, values.data(), 0, ggml_nbytes(pos));
+        ggml_backend_tensor_set(rows, row.data(), 0, ggml_nbytes(rows));
+        if (pos != nullptr) {
+            ggml_backend_tensor_set(pos, row.data(), 0, ggml_nbytes(pos)); // a kept token's row is its position
+        }
+        if (pf.phase == UNCOMP_PREFILL_HEAD) {
+            pf.n_written += n;
+        }
     }
 
-    // positions differ per ubatch and the phase ends after a few: always built afresh
+    // rows differ per ubatch and the phases end after a few: always built afresh
     bool can_reuse(const llm_graph_params & /*params*/) override { return false; }
 
 private:
-    ggml_tensor *          pos;
-    const uncomp_prefill & pf;
+    ggml_tensor *    rows;
+    ggml_tensor *    pos; // tail: the graph's position input, else nullptr
+    uncomp_prefill & pf;
 };
 
 // the architectures whose builders call the hook (patch 0005)
@@ -54,6 +71,7 @@ bool has_layer_hook(const llama_model & model) {
 }
 
 void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
+    llama_synchronize(ctx); // the last graphs may still read the residual buffer, freed here
     pf = uncomp_prefill();
     uncomp_observe(ctx, false, 0);
 }
@@ -62,25 +80,38 @@ void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
 
 bool uncomp_prefill_skip_layer(const llm_graph_context & gctx, int il, ggml_tensor *& inpL, ggml_tensor * inp_pos,
                                ggml_tensor * inp_out_ids) {
-    const uncomp_prefill * pf = uncomp_prefill_of_graph(gctx.cparams.cb_eval, gctx.cparams.cb_eval_user_data);
+    uncomp_prefill * pf = uncomp_prefill_of_sched(gctx.sched);
     if (pf == nullptr || pf->phase == UNCOMP_PREFILL_OFF) {
         return false;
     }
+    ggml_context * ctx = gctx.ctx0;
+    // the residual rows of this ubatch's tokens: [n_tokens] i32
+    auto residual_rows = [&](ggml_tensor * pos) {
+        ggml_tensor * rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, gctx.n_tokens);
+        ggml_set_input(rows);
+        gctx.res->add_input(llm_graph_input_ptr(new residual_rows_input(*pf, rows, pos)));
+        return rows;
+    };
     if (pf->phase == UNCOMP_PREFILL_HEAD) {
         if (il <= pf->layer) {
             return false;
         }
+        if (il == pf->layer + 1) { // inpL: layer's output [n_embd, n_tokens]
+            ggml_build_forward_expand(gctx.gf, ggml_set_rows(ctx, pf->residual.get(), inpL, residual_rows(nullptr)));
+        }
         if (il == gctx.n_layer - 1 && inp_out_ids != nullptr) {
-            inpL = ggml_get_rows(gctx.ctx0, inpL, inp_out_ids);
+            inpL = ggml_get_rows(ctx, inpL, inp_out_ids);
         }
         return true;
     }
     if (il <= pf->layer) {
-        return true; // inpL, the batch's embeddings, is layer `layer`'s output
+        return true;
     }
-    if (il == pf->layer + 1) {
+    if (il == pf->layer + 1) { // inpL: the batch's (unused) token embeddings
         GGML_ASSERT(inp_pos->type == GGML_TYPE_I32 && ggml_nelements(inp_pos) == gctx.n_tokens); // one position per token
-        gctx.res->add_input(llm_graph_input_ptr(new kept_positions_input(*pf, inp_pos)));
+        // they stay in the graph: llama.cpp sets the token input whatever the graph uses
+        ggml_build_forward_expand(gctx.gf, inpL);
+        inpL = ggml_get_rows(ctx, pf->residual.get(), residual_rows(inp_pos));
     }
     return false;
 }
@@ -95,18 +126,31 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
     if (kv == nullptr || !has_layer_hook(model)) {
         return LLAMA_UNCOMP_ERR_MEMORY;
     }
-    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || n_tokens < 0 || pf->phase != UNCOMP_PREFILL_OFF) {
+    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || n_tokens < 1 || pf->phase != UNCOMP_PREFILL_OFF) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
     if (kv->seq_pos_max(0) >= 0) {
         return LLAMA_UNCOMP_ERR_SHARED; // the prompt must start from an empty sequence
     }
+    // the residual rows live where the layer runs (512 MiB at 32k tokens for an 8B model)
+    const ggml_init_params rows_params = { ggml_tensor_overhead(), nullptr, /*no_alloc =*/ true };
+    ggml_context * rows_ctx = ggml_init(rows_params);
+    ggml_tensor * rows = ggml_new_tensor_2d(rows_ctx, GGML_TYPE_F32, model.hparams.n_embd, n_tokens);
+    ggml_backend_buffer_t rows_buf = ggml_backend_alloc_ctx_tensors_from_buft(rows_ctx, model.select_buft(layer));
+    if (rows_buf == nullptr) {
+        ggml_free(rows_ctx);
+        return LLAMA_UNCOMP_ERR_DEVICE;
+    }
+    // as for weights, ggml's scheduler runs the ops reading it where it lives (only the gathered rows move)
+    ggml_backend_buffer_set_usage(rows_buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     *pf = uncomp_prefill();
-    pf->phase  = UNCOMP_PREFILL_HEAD;
-    pf->layer  = layer;
-    pf->n_embd = model.hparams.n_embd;
-    pf->residual.reserve((size_t) n_tokens * pf->n_embd); // grown by copies otherwise, 512 MiB at 32k for 8B
-    pf->t_begin = std::chrono::steady_clock::now();
+    pf->phase    = UNCOMP_PREFILL_HEAD;
+    pf->layer    = layer;
+    pf->residual = std::shared_ptr<ggml_tensor>(rows, [rows_ctx, rows_buf](ggml_tensor *) {
+        ggml_backend_buffer_free(rows_buf);
+        ggml_free(rows_ctx);
+    });
+    pf->t_begin  = std::chrono::steady_clock::now();
     uncomp_refresh_graphs(ctx);
     return 0;
 }
@@ -134,7 +178,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     const auto & cells = kv->get_cells(0);
     const int64_t n = (int64_t) kv->seq_pos_max(0) + 1;
     // the head phase evaluated positions 0..n-1 of an empty cache into cells 0..n-1, one row each
-    bool in_place = n > 0 && (int64_t) pf->residual.size() == n * pf->n_embd && cells.get_used() == (uint32_t) n;
+    bool in_place = n > 0 && n <= pf->residual->ne[1] && pf->n_written == n && !pf->overflow && cells.get_used() == (uint32_t) n;
     for (int64_t i = 0; in_place && i < n; ++i) {
         in_place = cells.seq_has((uint32_t) i, 0) && cells.pos_get((uint32_t) i) == (llama_pos) i;
     }
@@ -146,8 +190,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     uncomp_step_timer timer("prefill");
     if (timer.on) {
         char buf[96];
-        snprintf(buf, sizeof(buf), " head %.1f ms (residual kept in %.1f ms)",
-                 std::chrono::duration<double, std::milli>(timer.t - pf->t_begin).count(), pf->capture_ms);
+        snprintf(buf, sizeof(buf), " head %.1f ms", std::chrono::duration<double, std::milli>(timer.t - pf->t_begin).count());
         timer.line += buf;
     }
     // |S| tokens run the tail; the first of them at a cell on a 256-row tile, where all heads start,
@@ -167,13 +210,11 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     GGML_ASSERT((int64_t) kept.size() == n_kept);
     timer.step("rank");
 
-    // the tail: kept tokens at batch positions (and cells) n - n_kept.. n - 1, their own positions for
-    // RoPE; layers > layer start at that cell for every head
-    const int32_t  pos0     = (int32_t) (n - n_kept);
-    const uint32_t stream   = kv->get_stream(0);
-    const auto &   hp       = ctx->get_model().hparams;
-    std::vector<float> residual = std::move(pf->residual);
-    pf->residual.clear();
+    // the tail: kept tokens at batch positions (and cells) n - n_kept.. n - 1, their rows of the residual
+    // and their own positions for RoPE; layers > layer start at that cell for every head
+    const int32_t  pos0   = (int32_t) (n - n_kept);
+    const uint32_t stream = kv->get_stream(0);
+    const auto &   hp     = ctx->get_model().hparams;
     pf->kept_pos.assign(kept.begin(), kept.end());
     pf->tail_pos0 = pos0;
     pf->phase     = UNCOMP_PREFILL_TAIL;
@@ -181,14 +222,15 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     for (uint32_t il = (uint32_t) pf->layer + 1; il < hp.n_layer(); ++il) {
         uncomp_layout_set(kv, (int32_t) il, stream, std::vector<uint32_t>(hp.n_head_kv(il), (uint32_t) pos0));
     }
-    const int64_t n_embd = pf->n_embd;
-    llama_batch batch = llama_batch_init(n_batch, (int32_t) n_embd, 1);
+    uncomp_refresh_graphs(ctx);
+    // the batch's tokens only fill llama.cpp's token input; the graphs read the kept rows instead
+    llama_batch batch = llama_batch_init(n_batch, 0, 1);
     int32_t err = 0;
     bool observing = false;
     for (int64_t at = 0; at < n_kept && err == 0; at += n_batch) {
         const int64_t m = std::min<int64_t>(n_batch, n_kept - at);
         for (int64_t i = 0; i < m; ++i) {
-            std::copy_n(&residual[(size_t) kept[at + i] * n_embd], n_embd, batch.embd + i * n_embd);
+            batch.token[i]     = 0;
             batch.pos[i]       = pos0 + (llama_pos) (at + i);
             batch.n_seq_id[i]  = 1;
             batch.seq_id[i][0] = 0;
