@@ -22,7 +22,7 @@ GGUF_MAGIC = b"GGUF"
 
 
 # the architectures whose llama.cpp graph builders carry the pruned prefill's layer hook (patch 0005)
-PREFILL_ARCHS = ("llama", "qwen2", "qwen3")
+PREFILL_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 
 
 def _check(code: int) -> int:
@@ -232,9 +232,19 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"prefill_prune: not available for the '{arch}' architecture "
                              f"(only {', '.join(PREFILL_ARCHS)})")
         n_layer = llama_cpp.llama_model_n_layer(self._model.model)
-        layer = n_layer // 4 if config.prefill_layer is None else config.prefill_layer
+        # the pruning layer ranks the tokens by its keys of all of them: a full-attention layer
+        sliding = {s["il"] for s in self._layer_stats(0) if s["is_swa"]}
+        full = [il for il in range(n_layer - 1) if il not in sliding]
+        if sliding and not self.context_params.swa_full:
+            raise ValueError("prefill_prune: needs the full-size sliding-window cache of this model (swa_full=True)")
+        if config.prefill_layer is None:  # a quarter of the way
+            return next((il for il in full if il >= n_layer // 4), full[-1])
+        layer = config.prefill_layer
         if not 0 <= layer <= n_layer - 2:
             raise ValueError(f"prefill_layer: must be in [0, {n_layer - 2}] for this {n_layer}-layer model, got {layer}")
+        if layer in sliding:
+            raise ValueError(f"prefill_layer: layer {layer} is a sliding-window layer; the pruning layer must be a "
+                             f"full-attention one: {', '.join(map(str, full))}")
         return layer
 
     def _ctx_ptr(self):

@@ -68,7 +68,8 @@ def _close(w, path):
 
 
 def write_transformer_gguf(path, arch, n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, n_vocab=300):
-    """A qwen2 (attention biases) or qwen3 (per-head q/k norms) transformer of random weights."""
+    """A transformer of random weights with llama's tensors; qwen2 adds attention biases, qwen3 per-head
+    q/k norms (other architectures of llama's tensors, e.g. ernie4_5, take them as they are)."""
     rand = _random(seed=1, scale=0.1)
     head_dim = n_embd // n_head
     w = _writer(path, arch, n_layer, n_embd, n_ff, n_head, n_vocab, head_count_kv=n_head_kv, rope_freq_base=10000.0)

@@ -159,6 +159,62 @@ def test_bad_prefill_settings_are_refused(smollm2_path, kwargs, message):
         make(smollm2_path, **{"method": "uncomp", "ratio": 0.1, **kwargs})
 
 
-def test_prefill_pruning_names_an_architecture_it_cannot_prune(gemma3_path):
-    with pytest.raises(ValueError, match="prefill_prune: not available for the 'gemma3' architecture"):
-        make(gemma3_path, method="uncomp", ratio=0.1, prefill_prune=True)
+def test_prefill_pruning_names_an_architecture_it_cannot_prune(tmp_path):
+    path = str(write_transformer_gguf(tmp_path / "ernie.gguf", "ernie4_5"))  # llama's tensors, its own builder
+    with pytest.raises(ValueError, match="prefill_prune: not available for the 'ernie4_5' architecture"):
+        pyuncomp.Llama(path, n_ctx=512, method="uncomp", ratio=0.1, prefill_prune=True, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def gemma3_plain(gemma3_path):
+    llm = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False)
+    llm.eval(prompt_tokens(llm))
+    yield llm
+    llm.close()
+
+
+def test_gemma3_prunes_at_a_full_attention_layer_and_its_sliding_layers_see_true_windows(gemma3_path, gemma3_plain):
+    # Gemma 3's layers 0-4, 6-10, 12-16 attend to a 512-token sliding window: the pruning layer is the
+    # first full-attention one from a quarter on, and the sliding layers after it must measure their
+    # window in the kept tokens' true positions, not in their cells
+    plain = gemma3_plain
+    sliding = set(plain.compression_stats()["swa_layers"])
+    layer = next(il for il in range(18 // 4, 17) if il not in sliding)
+    tokens = prompt_tokens(plain)
+    every = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=1.0)
+    every.eval(tokens)
+    assert every.prefill_kept == len(tokens)
+    np.testing.assert_array_equal(every._last_logits(), plain._last_logits())
+    for il in (layer, layer + 1, 11, 17):
+        np.testing.assert_array_equal(every.cached_keys(il), plain.cached_keys(il))
+    pruned = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.4)
+    pruned.eval(tokens)
+    assert layer + 1 in sliding and len(tokens) > 2 * 512
+    assert_holds_kept_tokens_at_their_positions(pruned, plain, layer + 1, len(tokens))
+    # the prompt's next tokens (the key) are predicted as the unpruned model predicts them, step by step
+    # (measuring the window in cells instead moved the first of them)
+    key = pruned.tokenize(f" {passkey_key(0.5)}".encode(), add_bos=False)
+    reference = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False)
+    reference.eval(tokens)
+    for token in key:
+        assert int(np.argmax(pruned._last_logits())) == int(np.argmax(reference._last_logits()))
+        pruned.eval([token])
+        reference.eval([token])
+    for llm in (every, pruned, reference):
+        llm.close()
+
+
+def test_gemma3_with_a_pruned_prefill_keeps_the_passkey(gemma3_path):
+    llm = make(gemma3_path, method="uncomp", ratio=0.05, prefill_prune=True, prefill_keep=0.5)
+    assert passkey_score(llm, depths=(0.1, 0.5, 0.9)) == 3
+    assert llm.prefill_kept is not None and llm.prefill_kept < llm.compression_stats()["n_tokens"] * 0.85
+    llm.close()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prefill_layer=4), "prefill_layer: layer 4 is a sliding-window layer; .* full-attention one: 5, 11"),
+    (dict(swa_full=False), r"prefill_prune: needs the full-size sliding-window cache of this model \(swa_full=True\)"),
+])
+def test_gemma3_refuses_what_it_cannot_prune(gemma3_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(gemma3_path, method="uncomp", ratio=0.1, prefill_prune=True, **kwargs)

@@ -10,6 +10,7 @@
 #include "llama-graph.h"
 #include "llama-impl.h"
 #include "llama-kv-cache.h"
+#include "llama-kv-cache-iswa.h"
 #include "llama-model.h"
 
 #include "ggml.h"
@@ -65,9 +66,86 @@ private:
     uncomp_prefill & pf;
 };
 
+// The tail's sliding-window mask: llama.cpp's compares the cells' batch positions, whose distances
+// understate the kept tokens' true ones. For the cells from tail_pos0 on (the layers > layer read no
+// others, uncomp-layout.h) this rewrites it after llama.cpp's input has: a token sees a kept token
+// at or before it whose true position is inside its window.
+class swa_mask_input : public llm_graph_input_i {
+public:
+    swa_mask_input(const uncomp_prefill & pf, ggml_tensor * mask, const llama_hparams & hp) : mask(mask), pf(pf), hp(hp) {}
+
+    void set_input(const llama_ubatch * ubatch) override {
+        if (mask->buffer == nullptr) {
+            return;
+        }
+        GGML_ASSERT(ggml_backend_buffer_is_host(mask->buffer) && mask->ne[3] == 1);
+        const llama_kv_cells & cells = pf.swa->get_cells(0);
+        const int64_t n_kv = mask->ne[0];
+        auto true_pos = [&](llama_pos p) { return pf.kept_pos[p - pf.tail_pos0]; };
+        for (uint32_t i = 0; i < ubatch->n_tokens; ++i) {
+            const llama_pos p1 = ubatch->pos[i];
+            for (int64_t j = pf.tail_pos0; j < n_kv; ++j) {
+                const bool seen = !cells.is_empty(j) && cells.seq_has(j, 0) && cells.pos_get(j) >= pf.tail_pos0 &&
+                                  cells.pos_get(j) <= p1 &&
+                                  !llama_hparams::is_masked_swa(hp.n_swa, hp.swa_type, true_pos(cells.pos_get(j)), true_pos(p1));
+                const float v = seen ? 0.0f : -INFINITY;
+                if (mask->type == GGML_TYPE_F16) {
+                    ((ggml_fp16_t *) mask->data)[i * n_kv + j] = ggml_fp32_to_fp16(v);
+                } else {
+                    ((float *) mask->data)[i * n_kv + j] = v;
+                }
+            }
+        }
+    }
+
+    bool can_reuse(const llm_graph_params & /*params*/) override { return false; }
+
+private:
+    ggml_tensor *          mask;
+    const uncomp_prefill & pf;
+    const llama_hparams &  hp;
+};
+
 // the architectures whose builders call the hook (patch 0005)
 bool has_layer_hook(const llama_model & model) {
-    return model.arch == LLM_ARCH_LLAMA || model.arch == LLM_ARCH_QWEN2 || model.arch == LLM_ARCH_QWEN3;
+    return model.arch == LLM_ARCH_LLAMA || model.arch == LLM_ARCH_QWEN2 || model.arch == LLM_ARCH_QWEN3 ||
+           model.arch == LLM_ARCH_GEMMA3;
+}
+
+// The caches a pruned prefill writes: a plain KV cache (swa nullptr), or both halves of an iSWA one
+struct prefill_caches {
+    llama_kv_cache * base = nullptr;
+    llama_kv_cache * swa  = nullptr;
+};
+
+prefill_caches caches_of(llama_context * ctx) {
+    llama_memory_i * mem = ctx->get_memory();
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(mem)) {
+        return { kv, nullptr };
+    }
+    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
+        return { iswa->get_base(), iswa->get_swa() };
+    }
+    return {};
+}
+
+// cells [from, to) of sequence 0 in the cache hold positions from..to-1, one each
+bool holds_in_place(const llama_kv_cache * kv, int64_t from, int64_t to) {
+    const auto & cells = kv->get_cells(0);
+    for (int64_t c = from; c < to; ++c) {
+        if (c >= (int64_t) cells.size() || !cells.seq_has((uint32_t) c, 0) || cells.pos_get((uint32_t) c) != (llama_pos) c) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void clear_layouts(const prefill_caches & kv) {
+    for (const llama_kv_cache * cache : { (const llama_kv_cache *) kv.base, (const llama_kv_cache *) kv.swa }) {
+        if (cache != nullptr) {
+            uncomp_layout_clear(cache, (int32_t) cache->get_stream(0));
+        }
+    }
 }
 
 void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
@@ -112,6 +190,15 @@ bool uncomp_prefill_skip_layer(const llm_graph_context & gctx, int il, ggml_tens
         // they stay in the graph: llama.cpp sets the token input whatever the graph uses
         ggml_build_forward_expand(gctx.gf, inpL);
         inpL = ggml_get_rows(ctx, pf->residual.get(), residual_rows(inp_pos));
+        ggml_tensor * swa_mask = nullptr;
+        for (const auto & in : gctx.res->inputs) {
+            if (const auto * attn = dynamic_cast<const llm_graph_input_attn_kv_iswa *>(in.get())) {
+                swa_mask = attn->self_kq_mask_swa;
+            }
+        }
+        if (swa_mask != nullptr && pf->swa != nullptr) {
+            gctx.res->add_input(llm_graph_input_ptr(new swa_mask_input(*pf, swa_mask, gctx.hparams)));
+        }
     }
     return false;
 }
@@ -122,14 +209,17 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
         return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
     }
     const llama_model & model = ctx->get_model();
-    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
-    if (kv == nullptr || !has_layer_hook(model)) {
+    const prefill_caches kv = caches_of(ctx);
+    // a sliding-window cache must hold every cell (swa_full): the tail's layers read theirs by cell
+    if (kv.base == nullptr || !has_layer_hook(model) || (kv.swa != nullptr && kv.swa->get_size() < kv.base->get_size())) {
         return LLAMA_UNCOMP_ERR_MEMORY;
     }
-    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || n_tokens < 1 || pf->phase != UNCOMP_PREFILL_OFF) {
+    // the ranking reads the layer's keys of every token: a full-attention layer
+    if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || model.hparams.is_swa(layer) || n_tokens < 1 ||
+        pf->phase != UNCOMP_PREFILL_OFF) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
-    if (kv->seq_pos_max(0) >= 0) {
+    if (llama_memory_seq_pos_max(llama_get_memory(ctx), 0) >= 0) {
         return LLAMA_UNCOMP_ERR_SHARED; // the prompt must start from an empty sequence
     }
     // the residual rows live where the layer runs (512 MiB at 32k tokens for an 8B model)
@@ -146,6 +236,7 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
     *pf = uncomp_prefill();
     pf->phase    = UNCOMP_PREFILL_HEAD;
     pf->layer    = layer;
+    pf->swa      = kv.swa;
     pf->residual = std::shared_ptr<ggml_tensor>(rows, [rows_ctx, rows_buf](ggml_tensor *) {
         ggml_backend_buffer_free(rows_buf);
         ggml_free(rows_ctx);
@@ -160,9 +251,8 @@ void llama_uncomp_prefill_abort(struct llama_context * ctx) {
     if (pf == nullptr || pf->phase == UNCOMP_PREFILL_OFF) {
         return;
     }
-    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
     llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
-    uncomp_layout_clear(kv, (int32_t) kv->get_stream(0));
+    clear_layouts(caches_of(ctx));
     end_prefill(ctx, *pf);
 }
 
@@ -174,14 +264,12 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     if (pf->phase != UNCOMP_PREFILL_HEAD || !(keep > 0.0f && keep <= 1.0f) || n_batch < 1) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
-    auto * kv = dynamic_cast<llama_kv_cache *>(ctx->get_memory());
-    const auto & cells = kv->get_cells(0);
-    const int64_t n = (int64_t) kv->seq_pos_max(0) + 1;
+    const prefill_caches kv = caches_of(ctx);
+    const int64_t n = (int64_t) kv.base->seq_pos_max(0) + 1;
     // the head phase evaluated positions 0..n-1 of an empty cache into cells 0..n-1, one row each
-    bool in_place = n > 0 && n <= pf->residual->ne[1] && pf->n_written == n && !pf->overflow && cells.get_used() == (uint32_t) n;
-    for (int64_t i = 0; in_place && i < n; ++i) {
-        in_place = cells.seq_has((uint32_t) i, 0) && cells.pos_get((uint32_t) i) == (llama_pos) i;
-    }
+    const bool in_place = n > 0 && n <= pf->residual->ne[1] && pf->n_written == n && !pf->overflow &&
+                          kv.base->get_cells(0).get_used() == (uint32_t) n && holds_in_place(kv.base, 0, n) &&
+                          (kv.swa == nullptr || holds_in_place(kv.swa, 0, n));
     if (!in_place) {
         llama_uncomp_prefill_abort(ctx);
         return LLAMA_UNCOMP_ERR_SHARED;
@@ -213,14 +301,14 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     // the tail: kept tokens at batch positions (and cells) n - n_kept.. n - 1, their rows of the residual
     // and their own positions for RoPE; layers > layer start at that cell for every head
     const int32_t  pos0   = (int32_t) (n - n_kept);
-    const uint32_t stream = kv->get_stream(0);
     const auto &   hp     = ctx->get_model().hparams;
     pf->kept_pos.assign(kept.begin(), kept.end());
     pf->tail_pos0 = pos0;
     pf->phase     = UNCOMP_PREFILL_TAIL;
     llama_memory_seq_rm(llama_get_memory(ctx), 0, pos0, -1);
     for (uint32_t il = (uint32_t) pf->layer + 1; il < hp.n_layer(); ++il) {
-        uncomp_layout_set(kv, (int32_t) il, stream, std::vector<uint32_t>(hp.n_head_kv(il), (uint32_t) pos0));
+        const llama_kv_cache * cache = hp.is_swa(il) ? kv.swa : kv.base;
+        uncomp_layout_set(cache, (int32_t) il, cache->get_stream(0), std::vector<uint32_t>(hp.n_head_kv(il), (uint32_t) pos0));
     }
     uncomp_refresh_graphs(ctx);
     // the batch's tokens only fill llama.cpp's token input; the graphs read the kept rows instead
@@ -249,15 +337,26 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     llama_batch_free(batch);
     timer.step("tail");
     // the kept tokens must have landed in cells pos0.. (an empty cache fills from its head)
-    for (int64_t i = 0; err == 0 && i < n_kept; ++i) {
-        const uint32_t c = (uint32_t) (pos0 + i);
-        if (!cells.seq_has(c, 0) || cells.pos_get(c) != (llama_pos) c) {
-            err = LLAMA_UNCOMP_ERR_SHARED;
-        }
+    if (err == 0 && !(holds_in_place(kv.base, pos0, n) && (kv.swa == nullptr || holds_in_place(kv.swa, pos0, n)))) {
+        err = LLAMA_UNCOMP_ERR_SHARED;
     }
     if (err != 0) {
         llama_uncomp_prefill_abort(ctx);
         return err;
+    }
+    // Later tokens' sliding-window masks compare batch positions again. The sliding-window layers > layer
+    // keep only the kept tokens inside the next token's true window, so that what they read is what the
+    // unpruned model would (up to the tokens that leave the true window over the next steps).
+    if (kv.swa != nullptr) {
+        int64_t first = 0;
+        while (first < n_kept && llama_hparams::is_masked_swa(hp.n_swa, hp.swa_type, pf->kept_pos[first], (llama_pos) n)) {
+            ++first;
+        }
+        for (uint32_t il = (uint32_t) pf->layer + 1; il < hp.n_layer(); ++il) {
+            if (hp.is_swa(il)) {
+                uncomp_layout_set(kv.swa, (int32_t) il, kv.swa->get_stream(0), std::vector<uint32_t>(hp.n_head_kv(il), (uint32_t) (pos0 + first)));
+            }
+        }
     }
     end_prefill(ctx, *pf);
     return (int32_t) n_kept;

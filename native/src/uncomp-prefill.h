@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+class llama_kv_cache;
 struct ggml_tensor;
 struct llm_graph_context;
 
@@ -35,6 +36,7 @@ struct uncomp_prefill {
     std::chrono::steady_clock::time_point t_begin; // UNCOMP_TIMING: when the head phase began
     std::vector<int32_t> kept_pos;      // tail: the kept tokens' true positions, in order
     int32_t              tail_pos0 = 0; // tail: the batch position (and cell) of the first kept token
+    const llama_kv_cache * swa = nullptr; // an iSWA cache's sliding-window half (its mask needs true positions)
 };
 
 // uncomp hook, first in a model builder's layer loop: true when layer il is not evaluated by this graph
