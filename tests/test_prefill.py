@@ -130,14 +130,16 @@ def test_an_interrupted_pruned_prefill_leaves_the_model_usable(smollm2_path):
     fresh.close()
 
 
-def test_a_saved_pruned_prompt_continues_identically(smollm2_path):
-    llm = make(smollm2_path, method="uncomp", ratio=0.1, prefill_prune=True)
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])  # Gemma: its sliding layers' layouts too
+def test_a_saved_pruned_prompt_continues_identically(request, model):
+    path = request.getfixturevalue(model)
+    llm = make(path, method="uncomp", ratio=0.1, prefill_prune=True)
     prompt = passkey_prompt(60, 0.3, passkey_key(0.3))
     first = llm(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
     llm.reset()
     llm.eval(llm.tokenize(prompt.encode()))
     state = llm.save_state()
-    other = make(smollm2_path, method="uncomp", ratio=0.1, prefill_prune=True)
+    other = make(path, method="uncomp", ratio=0.1, prefill_prune=True)
     other.load_state(state)
     again = other(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
     assert first == again and passkey_key(0.3) in first

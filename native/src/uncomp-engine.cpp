@@ -796,8 +796,9 @@ int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq
     if (stream < 0) {
         return (int32_t) stream;
     }
-    if (cache == nullptr || cache != compressible_cache(ctx) || start == nullptr ||
-        n != (int32_t) ctx->get_model().hparams.n_head_kv(il)) {
+    // any cache layer: a pruned prefill also gives an iSWA cache's sliding layers a layout
+    if (cache == nullptr || start == nullptr || n != (int32_t) ctx->get_model().hparams.n_head_kv(il) ||
+        std::any_of(start, start + n, [&](uint32_t s) { return s > cache->get_size(); })) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
     uncomp_layout_set(cache, il, (uint32_t) stream, std::vector<uint32_t>(start, start + n));
