@@ -257,6 +257,8 @@ class Llama(llama_cpp.Llama):
             return super().eval(tokens)
         diverges = self.n_tokens < self._compressed_upto - self.compression.window
         new_turn = self.new_turns == "reevaluate" and self._compressed_upto > 0 and len(tokens) > 1
+        if self.n_tokens == 0 and not (diverges or new_turn):  # a fresh sequence: no layout of an earlier one
+            lib.llama_uncomp_forget(self._ctx_ptr(), 0)
         if diverges or new_turn:
             # diverging inside the compressed history: its evicted tokens cannot be restored, so the
             # whole prompt is evaluated afresh. (The window's tokens are kept by every head at their

@@ -220,3 +220,26 @@ def test_gemma3_with_a_pruned_prefill_keeps_the_passkey(gemma3_path):
 def test_gemma3_refuses_what_it_cannot_prune(gemma3_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(gemma3_path, method="uncomp", ratio=0.1, prefill_prune=True, **kwargs)
+
+
+def test_a_state_loaded_after_a_pruned_gemma3_prompt_keeps_no_layout_of_it(gemma3_path):
+    # a pruned prefill gives Gemma's sliding layers a layout; loading an unpruned state (what the
+    # evaluation harness does between settings) or a new prompt must not read through it
+    plain = make(gemma3_path, method="uncomp", ratio=0.1)
+    tokens = prompt_tokens(plain, depth=0.3)
+    plain.eval(tokens)
+    state = plain.save_state()
+    pruned = make(gemma3_path, method="uncomp", ratio=0.1, prefill_prune=True)
+    pruned.eval(prompt_tokens(pruned, depth=0.7))
+    pruned.load_state(state)
+    assert pruned.compression_stats()["tokens_kept"] == plain.compression_stats()["tokens_kept"]
+    for llm in (plain, pruned):
+        llm.eval([tokens[-1]])
+    np.testing.assert_array_equal(pruned._last_logits(), plain._last_logits())
+    pruned.reset()
+    pruned.eval(pruned.tokenize(b"The sky is")[:WINDOW])  # unpruned: no longer than the window
+    fresh = make(gemma3_path, method="uncomp", ratio=0.1)
+    fresh.eval(fresh.tokenize(b"The sky is")[:WINDOW])
+    np.testing.assert_array_equal(pruned._last_logits(), fresh._last_logits())
+    for llm in (plain, pruned, fresh):
+        llm.close()

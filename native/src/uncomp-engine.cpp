@@ -72,6 +72,18 @@ uncomp_state * state_of(const llama_context * ctx) {
     return it == g_states.end() ? nullptr : it->second.get();
 }
 
+// the layouts of every cache of the context for one stream (-1: all): a pruned prefill also gives an
+// iSWA cache's sliding half some
+void clear_layouts(const llama_context * ctx, int32_t stream) {
+    const llama_kv_cache * last = nullptr;
+    for (const auto & l : uncomp_cache_layers(ctx)) { // by model layer: a cache's layers may interleave
+        if (l.cache != last) {
+            uncomp_layout_clear(l.cache, stream);
+            last = l.cache;
+        }
+    }
+}
+
 // ggml's eval callback: with ask=true it says which tensors it wants, then receives them computed.
 // We want each layer's post-RoPE queries, the ROPE node named "Qcur-<il>", while observing. It is
 // installed only then: with any callback, ggml's scheduler waits for the device after every split.
@@ -352,7 +364,7 @@ int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncom
 
 void llama_uncomp_detach(struct llama_context * ctx) {
     if (state_of(ctx)) {
-        uncomp_layout_clear(compressible_cache(ctx), -1);
+        clear_layouts(ctx, -1);
         ctx->set_eval_callback(nullptr, nullptr);
     }
     std::lock_guard<std::mutex> lock(g_states_mutex);
@@ -769,7 +781,7 @@ void llama_uncomp_forget(struct llama_context * ctx, llama_seq_id seq_id) {
     }
     const int64_t stream = seq_id < 0 ? -1 : stream_of(ctx, seq_id);
     if (seq_id < 0 || stream >= 0) {
-        uncomp_layout_clear(compressible_cache(ctx), (int32_t) stream);
+        clear_layouts(ctx, (int32_t) stream);
     }
 }
 

@@ -140,14 +140,6 @@ bool holds_in_place(const llama_kv_cache * kv, int64_t from, int64_t to) {
     return true;
 }
 
-void clear_layouts(const prefill_caches & kv) {
-    for (const llama_kv_cache * cache : { (const llama_kv_cache *) kv.base, (const llama_kv_cache *) kv.swa }) {
-        if (cache != nullptr) {
-            uncomp_layout_clear(cache, (int32_t) cache->get_stream(0));
-        }
-    }
-}
-
 void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
     llama_synchronize(ctx); // the last graphs may still read the residual buffer, freed here
     pf = uncomp_prefill();
@@ -252,7 +244,7 @@ void llama_uncomp_prefill_abort(struct llama_context * ctx) {
         return;
     }
     llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
-    clear_layouts(caches_of(ctx));
+    llama_uncomp_forget(ctx, 0);
     end_prefill(ctx, *pf);
 }
 
