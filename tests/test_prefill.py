@@ -101,10 +101,12 @@ def test_a_prompt_no_longer_than_the_window_is_evaluated_unpruned(smollm2_path):
     plain.close()
 
 
-def test_uncomp_with_a_pruned_prefill_keeps_the_passkey(smollm2_path):
-    llm = make(smollm2_path, method="uncomp", ratio=0.05, prefill_prune=True, prefill_keep=0.5)
+# the dropped count is rounded down to whole 256-token tiles: Gemma's ~1.5k-token prompts keep more
+@pytest.mark.parametrize("model, most_kept", [("smollm2_path", 0.7), ("gemma3_path", 0.85)])
+def test_uncomp_with_a_pruned_prefill_keeps_the_passkey(request, model, most_kept):
+    llm = make(request.getfixturevalue(model), method="uncomp", ratio=0.05, prefill_prune=True, prefill_keep=0.5)
     assert passkey_score(llm, depths=(0.1, 0.5, 0.9)) == 3
-    assert llm.prefill_kept is not None and llm.prefill_kept < llm.compression_stats()["n_tokens"] * 0.7
+    assert llm.prefill_kept is not None and llm.prefill_kept < llm.compression_stats()["n_tokens"] * most_kept
     llm.close()
 
 
@@ -167,22 +169,15 @@ def test_prefill_pruning_names_an_architecture_it_cannot_prune(tmp_path):
         pyuncomp.Llama(path, n_ctx=512, method="uncomp", ratio=0.1, prefill_prune=True, verbose=False)
 
 
-@pytest.fixture(scope="module")
-def gemma3_plain(gemma3_path):
-    llm = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False)
-    llm.eval(prompt_tokens(llm))
-    yield llm
-    llm.close()
-
-
-def test_gemma3_prunes_at_a_full_attention_layer_and_its_sliding_layers_see_true_windows(gemma3_path, gemma3_plain):
+def test_gemma3_prunes_at_a_full_attention_layer_and_its_sliding_layers_see_true_windows(gemma3_path):
     # Gemma 3's layers 0-4, 6-10, 12-16 attend to a 512-token sliding window: the pruning layer is the
     # first full-attention one from a quarter on, and the sliding layers after it must measure their
     # window in the kept tokens' true positions, not in their cells
-    plain = gemma3_plain
+    plain = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False)
+    tokens = prompt_tokens(plain)
+    plain.eval(tokens)
     sliding = set(plain.compression_stats()["swa_layers"])
     layer = next(il for il in range(18 // 4, 17) if il not in sliding)
-    tokens = prompt_tokens(plain)
     every = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=1.0)
     every.eval(tokens)
     assert every.prefill_kept == len(tokens)
@@ -195,22 +190,12 @@ def test_gemma3_prunes_at_a_full_attention_layer_and_its_sliding_layers_see_true
     assert_holds_kept_tokens_at_their_positions(pruned, plain, layer + 1, len(tokens))
     # the prompt's next tokens (the key) are predicted as the unpruned model predicts them, step by step
     # (measuring the window in cells instead moved the first of them)
-    key = pruned.tokenize(f" {passkey_key(0.5)}".encode(), add_bos=False)
-    reference = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False)
-    reference.eval(tokens)
-    for token in key:
-        assert int(np.argmax(pruned._last_logits())) == int(np.argmax(reference._last_logits()))
+    for token in pruned.tokenize(f" {passkey_key(0.5)}".encode(), add_bos=False):
+        assert int(np.argmax(pruned._last_logits())) == int(np.argmax(plain._last_logits()))
         pruned.eval([token])
-        reference.eval([token])
-    for llm in (every, pruned, reference):
+        plain.eval([token])
+    for llm in (plain, every, pruned):
         llm.close()
-
-
-def test_gemma3_with_a_pruned_prefill_keeps_the_passkey(gemma3_path):
-    llm = make(gemma3_path, method="uncomp", ratio=0.05, prefill_prune=True, prefill_keep=0.5)
-    assert passkey_score(llm, depths=(0.1, 0.5, 0.9)) == 3
-    assert llm.prefill_kept is not None and llm.prefill_kept < llm.compression_stats()["n_tokens"] * 0.85
-    llm.close()
 
 
 @pytest.mark.parametrize("kwargs, message", [
