@@ -5,10 +5,12 @@
 #include "llama-kv-cache.h"
 
 #include "ggml.h"
+#include "ggml-alloc.h"
 #include "ggml-backend.h"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 
@@ -19,8 +21,72 @@ using stream_layouts = std::vector<std::vector<uint32_t>>; // [stream][KV head],
 std::mutex g_layout_mutex;
 std::unordered_map<const ggml_tensor *, stream_layouts> g_head_start;
 
+// A layer's per-head bias, f16 [kv_size, 1, n_head, n_stream]: 0 in the cells query head h's KV head
+// holds, -INF below its start. It lives in a buffer of the storage's own type (the cache's device) and is
+// written once per layout, so a decoded token's per-head mask is one add per layer and nothing is
+// uploaded (building it in every graph from the starts cost ~7 small kernels and one upload per layer).
+struct head_bias {
+    ggml_context *        ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    ggml_tensor *         t   = nullptr;
+    uint64_t              generation = 0; // tells a reused graph whether it still points at this one
+
+    ~head_bias() {
+        ggml_backend_buffer_free(buf);
+        ggml_free(ctx);
+    }
+};
+
+// keyed by the layer's K storage tensor, like the layouts; dropped whenever the layer's layout changes
+std::unordered_map<const ggml_tensor *, std::unique_ptr<head_bias>> g_head_bias;
+uint64_t g_bias_generation = 0;
+
 // set while the hook builds its attention, which calls build_attn_mha again
 thread_local bool t_in_hook = false;
+
+// the bias of a storage tensor for n_head query heads (gqa per KV head), made and uploaded when missing;
+// nullptr when it cannot be allocated. Caller holds g_layout_mutex.
+head_bias * head_bias_of(const ggml_tensor * storage, const stream_layouts & layouts, int64_t n_head, int64_t gqa, ggml_type type) {
+    auto it = g_head_bias.find(storage);
+    if (it != g_head_bias.end() && it->second->t->type == type && it->second->t->ne[2] == n_head) {
+        return it->second.get();
+    }
+    g_head_bias.erase(storage);
+    const int64_t kv_size  = storage->ne[1];
+    const int64_t n_stream = storage->ne[2];
+    auto bias = std::make_unique<head_bias>();
+    ggml_init_params params = { ggml_tensor_overhead(), nullptr, true };
+    bias->ctx = ggml_init(params);
+    bias->t   = ggml_new_tensor_4d(bias->ctx, type, kv_size, 1, n_head, n_stream);
+    bias->buf = ggml_backend_alloc_ctx_tensors_from_buft(bias->ctx, ggml_backend_buffer_get_type(storage->buffer));
+    if (bias->buf == nullptr) {
+        return nullptr;
+    }
+    // f32 [kv_size, n_head, n_stream] first, then in the mask's type (f16 with flash attention)
+    std::vector<float> values((size_t) ggml_nelements(bias->t), 0.0f);
+    for (int64_t s = 0; s < n_stream && s < (int64_t) layouts.size(); ++s) {
+        for (int64_t h = 0; h < n_head && !layouts[s].empty(); ++h) {
+            float * row = values.data() + (s * n_head + h) * kv_size;
+            std::fill(row, row + std::min<int64_t>(layouts[s][h / gqa], kv_size), -INFINITY);
+        }
+    }
+    if (type == GGML_TYPE_F16) {
+        std::vector<ggml_fp16_t> half(values.size());
+        ggml_fp32_to_fp16_row(values.data(), half.data(), (int64_t) values.size());
+        ggml_backend_tensor_set(bias->t, half.data(), 0, ggml_nbytes(bias->t));
+    } else {
+        GGML_ASSERT(type == GGML_TYPE_F32);
+        ggml_backend_tensor_set(bias->t, values.data(), 0, ggml_nbytes(bias->t));
+    }
+    bias->generation = ++g_bias_generation;
+    return g_head_bias.emplace(storage, std::move(bias)).first->second.get();
+}
+
+uint64_t head_bias_generation(const ggml_tensor * storage) {
+    std::lock_guard<std::mutex> lock(g_layout_mutex);
+    auto it = g_head_bias.find(storage);
+    return it == g_head_bias.end() ? 0 : it->second->generation;
+}
 
 // the layouts of streams [s0, s0 + n_stream) of a storage tensor
 stream_layouts head_starts_of(const ggml_tensor * storage, int64_t s0, int64_t n_stream) {
@@ -35,36 +101,22 @@ stream_layouts head_starts_of(const ggml_tensor * storage, int64_t s0, int64_t n
     return out;
 }
 
-// The per-head part of the attention mask: where each query head's KV head starts, relative to row
-// s_first of streams [s0, s0 + n_stream): a graph input [1, 1, n_head, n_stream] (f32; a stream without
-// a layout starts at 0). The graph turns it into the bias (uncomp_build_attn_heads), so that a decoded
-// token uploads n_head values per layer, not n_rows·n_head.
+// Lets llama.cpp reuse a graph only while the layers' layouts (and their bias) are the ones it was built for.
 class head_start_input : public llm_graph_input_i {
 public:
-    head_start_input(const ggml_tensor * storage, stream_layouts head_start, int64_t s0, uint32_t s_first, int64_t gqa)
-        : storage(storage), head_start(std::move(head_start)), s0(s0), s_first(s_first), gqa(gqa) {}
+    head_start_input(const ggml_tensor * storage, stream_layouts head_start, int64_t s0, uint32_t s_first)
+        : storage(storage), head_start(std::move(head_start)), s0(s0), s_first(s_first) {}
 
-    void set_input(const llama_ubatch * /*ubatch*/) override {
-        if (starts == nullptr) {
-            return; // uniform starts: no bias
-        }
-        const int64_t n_head = starts->ne[2];
-        std::vector<float> values(n_head * head_start.size(), 0.0f);
-        for (size_t s = 0; s < head_start.size(); ++s) {
-            for (int64_t h = 0; h < n_head && !head_start[s].empty(); ++h) {
-                values[s * n_head + h] = (float) ((int64_t) head_start[s][h / gqa] - (int64_t) s_first);
-            }
-        }
-        ggml_backend_tensor_set(starts, values.data(), 0, ggml_nbytes(starts));
-    }
+    void set_input(const llama_ubatch * /*ubatch*/) override {}
 
     // a reused graph keeps n_kv and the streams (the mask input checks them); the layout must not have
-    // changed either
+    // changed either, nor the bias it reads
     bool can_reuse(const llm_graph_params & /*params*/) override {
-        return head_starts_of(storage, s0, (int64_t) head_start.size()) == head_start;
+        return head_starts_of(storage, s0, (int64_t) head_start.size()) == head_start &&
+               (bias_generation == 0 || head_bias_generation(storage) == bias_generation);
     }
 
-    ggml_tensor * starts = nullptr;
+    uint64_t bias_generation = 0;
     // uniform starts: the mask's rows [s_first, n_kv), contiguous, made once per graph and mask
     const ggml_tensor * mask = nullptr;
     ggml_tensor *       mask_rows = nullptr;
@@ -85,7 +137,6 @@ private:
     stream_layouts      head_start;
     int64_t             s0;
     uint32_t            s_first;
-    int64_t             gqa;
 };
 
 } // namespace
@@ -147,7 +198,7 @@ ggml_tensor * uncomp_build_attn_heads(
         return !s.empty() && std::all_of(s.begin(), s.end(), [&](uint32_t c) { return (int64_t) c == s_first; });
     });
     // the input checks, when llama.cpp would reuse this graph, that the layout is still the same
-    auto * input = new head_start_input(k->view_src, start, s0, (uint32_t) s_first, n_head / k->ne[1]);
+    auto * input = new head_start_input(k->view_src, start, s0, (uint32_t) s_first);
     if (uniform) {
         // one copy for all the graph's layers that start there (the layers of a pruned prefill's tail)
         input->mask      = kq_mask;
@@ -167,12 +218,17 @@ ggml_tensor * uncomp_build_attn_heads(
     // mask [n_rows, n_tokens, n_head, n_stream] = the layer's mask (rows [s_first, n_kv)) + the per-head
     // bias; the kernels skip -INF rows (CUDA's vector kernel whole masked tiles), so a head's work is
     // its own rows
-    input->starts = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, 1, n_head, n_stream);
-    ggml_set_input(input->starts);
-    // bias[j, 0, h, s] = log(step(j - start + 0.5)): 0 where head h holds row s_first + j, else -INF
-    ggml_tensor * rows = ggml_repeat_4d(ctx, ggml_arange(ctx, 0.0f, (float) n_rows, 1.0f), n_rows, 1, n_head, n_stream);
-    ggml_tensor * bias = ggml_log(ctx, ggml_step(ctx, ggml_scale_bias(ctx, ggml_sub(ctx, rows, input->starts), 1.0f, 0.5f)));
-    bias = ggml_cast(ctx, bias, kq_mask->type);
+    head_bias * hb = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(g_layout_mutex);
+        auto it = g_head_start.find(k->view_src);
+        GGML_ASSERT(it != g_head_start.end());
+        hb = head_bias_of(k->view_src, it->second, n_head, n_head / k->ne[1], kq_mask->type);
+    }
+    GGML_ASSERT(hb != nullptr && "uncomp: cannot allocate the per-head attention bias");
+    input->bias_generation = hb->generation;
+    ggml_tensor * bias = ggml_view_4d(ctx, hb->t, n_rows, 1, n_head, n_stream,
+                                      hb->t->nb[1], hb->t->nb[2], hb->t->nb[3], s_first * hb->t->nb[0] + s0 * hb->t->nb[3]);
     if (n_tokens > 1) {
         bias = ggml_repeat_4d(ctx, bias, n_rows, n_tokens, n_head, n_stream);
     }
@@ -194,6 +250,7 @@ void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, uint32_t stream
     stream_layouts & layouts = g_head_start[storage];
     layouts.resize(std::max<size_t>(layouts.size(), stream + 1));
     layouts[stream] = all_zero ? std::vector<uint32_t>() : head_start;
+    g_head_bias.erase(storage);
     if (std::all_of(layouts.begin(), layouts.end(), [](const std::vector<uint32_t> & s) { return s.empty(); })) {
         g_head_start.erase(storage);
     }
@@ -211,5 +268,6 @@ void uncomp_layout_clear(const llama_kv_cache * cache, int32_t stream) {
         }
         std::lock_guard<std::mutex> lock(g_layout_mutex);
         g_head_start.erase(cache->get_k_storage(il));
+        g_head_bias.erase(cache->get_k_storage(il));
     }
 }
