@@ -90,6 +90,8 @@ stats = llm.compression_stats()
 state = llm.save_state()
 turn = llm(passkey_prompt(60, 0.5, "31415") + first + " Say it again: the pass key is", max_tokens=6, temperature=0.0)
 llm.load_state(state)
+# the same layout set again: its per-head bias is made anew, and a graph kept from before must not read the freed one
+turn_again = llm(passkey_prompt(60, 0.5, "31415") + first + " Say it again: the pass key is", max_tokens=6, temperature=0.0)
 llm.close()
 # a pruned prefill, interrupted once (its abort path), then whole
 pruned = pyuncomp.Llama({model!r}, n_ctx=2048, n_batch=256, method="uncomp", ratio=0.05, prefill_prune=True,
@@ -103,7 +105,8 @@ except KeyboardInterrupt:
     pass
 pruned.on_prompt_progress = None
 again = pruned(passkey_prompt(60, 0.5, "31415"), max_tokens=8, temperature=0.0)["choices"][0]["text"]
-print(json.dumps({{"first": first, "turn": turn["choices"][0]["text"], "kv_bytes": stats["kv_bytes"],
+print(json.dumps({{"first": first, "turn": turn["choices"][0]["text"], "turn_again": turn_again["choices"][0]["text"],
+                  "kv_bytes": stats["kv_bytes"],
                   "kv_bytes_full": stats["kv_bytes_full"], "pruned": again, "prefill_kept": pruned.prefill_kept}}))
 pruned.close()
 """
@@ -112,7 +115,7 @@ pruned.close()
 @needs_cmake
 def test_python_generate_under_asan(tmp_path):
     """pyuncomp.Llama end to end (prompt evaluation, compression, shrink, generation, a second turn,
-    state save and load, a pruned prefill interrupted and then whole) on the ASan + UBSan build of
+    state save and load and the turn again, a pruned prefill interrupted and then whole) on the ASan + UBSan build of
     libllama: any invalid access or UB aborts."""
     env = asan_python_env()
     script = GENERATE_UNDER_ASAN.format(tests=str(ROOT / "tests"), lib=(BUILD / "bin").as_posix(),
@@ -121,6 +124,7 @@ def test_python_generate_under_asan(tmp_path):
     assert_sanitizer_clean(r)
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert "31415" in result["first"], result
+    assert result["turn_again"] == result["turn"], result
     assert result["kv_bytes"] < result["kv_bytes_full"] / 5, result
     assert "31415" in result["pruned"] and result["prefill_kept"] is not None, result
 

@@ -37,8 +37,10 @@ struct head_bias {
     }
 };
 
-// keyed by the layer's K storage tensor, like the layouts; dropped whenever the layer's layout changes
-std::unordered_map<const ggml_tensor *, std::unique_ptr<head_bias>> g_head_bias;
+// keyed by the layer's K storage tensor, like the layouts; dropped whenever the layer's layout changes.
+// Never destroyed: a bias still held at exit (a context freed without llama_uncomp_detach) must not free
+// its device buffer after the device's runtime has shut down.
+auto & g_head_bias = *new std::unordered_map<const ggml_tensor *, std::unique_ptr<head_bias>>();
 uint64_t g_bias_generation = 0;
 
 // set while the hook builds its attention, which calls build_attn_mha again
