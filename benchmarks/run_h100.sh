@@ -9,7 +9,8 @@
 #   - native/tests/test-uncomp-device-ops against the CUDA libllama: each device step on CUDA and on the
 #     CPU against references on random inputs (always);
 #   - PROBE_CACHES (default "f16 q8_0"): the CUDA path keeps what the CPU path keeps, same prompt,
-#     small random model (tools/compress_probe.py);
+#     small random model (tools/compress_probe.py); a next turn over a per-head layout evaluated as one
+#     batch gives the logits it gives one token at a time (tools/chunk_probe.py, also on SmolLM2);
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
 #     (parts are kept in /tmp/parts between calls of a warm machine); PASSKEY_ARGS are added to
 #     tools/passkey_answers.py's (e.g. "--prefill-keep 0.5");
@@ -34,6 +35,7 @@ if [ -n "${PROBE_CACHES-f16 q8_0}" ]; then
         python3 tools/compress_probe.py /tmp/cpu.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers 0
         python3 tools/compress_probe.py /tmp/cuda.npz --model /tmp/small.gguf --cache $cache --n-gpu-layers -1
         python3 tools/compress_probe.py --compare /tmp/cpu.npz /tmp/cuda.npz || true
+        python3 tools/chunk_probe.py --model /tmp/small.gguf --cache $cache --n-gpu-layers -1 || true
     done
 fi
 
@@ -52,6 +54,7 @@ if [ -f /tmp/smollm2.gguf ]; then
         python3 tools/passkey_answers.py "$OUT/passkey_ngl$ngl.json" --model /tmp/smollm2.gguf --n-gpu-layers $ngl ${PASSKEY_ARGS:-}
     done
     python3 tools/passkey_answers.py --compare "$OUT/passkey_ngl0.json" "$OUT/passkey_ngl-1.json" || true
+    python3 tools/chunk_probe.py --model /tmp/smollm2.gguf --n-gpu-layers -1 || true
     if [ -n "${SOAK_CALLS:-}" ]; then
         python3 tools/soak.py --model /tmp/smollm2.gguf --calls "$SOAK_CALLS" --n-gpu-layers -1 | tee "$OUT/soak_gpu.txt"
     fi

@@ -1,0 +1,53 @@
+"""A compressed cache's next turn evaluated as one batch against the same tokens one at a time.
+
+    python tools/chunk_probe.py [--model M] [--cache f16|q8_0] [--n-gpu-layers N]   # exit 1 when they disagree
+
+After an uncomp prompt (heads of a layer keep different numbers of rows), a multi-token batch attends
+through the per-head mask repeated over its rows, a single token through the mask itself. Both must
+give the chunk's last token the same logits (up to the kernels' rounding): a correlation of at least
+0.999 and no NaN."""
+
+import argparse
+import sys
+
+import pyuncomp  # first: it loads pyuncomp's libllama  # noqa: I001
+
+import numpy as np
+
+PROMPT = ("The quick brown fox jumps over the lazy dog. " * 60 + "The secret number is 48213. "
+          + "Grass is green and the sky is blue. " * 60 + "What is the secret number? The secret number is")
+CHUNK = " 48213. Good. Now tell me about the fox, the dog, the grass and the sky, and then the number again:"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--cache", choices=["f16", "q8_0"], default="f16")
+    ap.add_argument("--n-gpu-layers", type=int, default=0)
+    args = ap.parse_args()
+    cache = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8}}[args.cache]
+    llm = pyuncomp.Llama(pyuncomp.resolve_model(args.model), n_ctx=8192, method="uncomp", ratio=0.1,
+                         n_gpu_layers=args.n_gpu_layers, flash_attn=True, shrink_cache=False, seed=0,
+                         verbose=False, **cache)
+    llm.eval(llm.tokenize(PROMPT.encode()))
+    kept = np.asarray(llm.compression_stats()["tokens_kept"])
+    state = llm.save_state()
+    chunk = llm.tokenize(CHUNK.encode(), add_bos=False)
+    llm.eval(chunk)
+    batched = llm._last_logits().copy()
+    llm.load_state(state)
+    for token in chunk:
+        llm.eval([token])
+    single = llm._last_logits().copy()
+    llm.close()
+    corr = float(np.corrcoef(batched, single)[0, 1]) if np.all(np.isfinite(batched)) else float("nan")
+    ok = np.isfinite(corr) and corr >= 0.999
+    print(f"chunk of {len(chunk)} after a prompt keeping {kept.min()}-{kept.max()} tokens per head "
+          f"({args.cache}, n_gpu_layers {args.n_gpu_layers}): batched vs one at a time: correlation {corr:.6f}, "
+          f"max |diff| {np.abs(batched - single).max():.3g}, same argmax {batched.argmax() == single.argmax()}"
+          + ("" if ok else "  FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
