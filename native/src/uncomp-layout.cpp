@@ -21,7 +21,7 @@ using stream_layouts = std::vector<std::vector<uint32_t>>; // [stream][KV head],
 std::mutex g_layout_mutex;
 std::unordered_map<const ggml_tensor *, stream_layouts> g_head_start;
 
-// A layer's per-head bias, f16 [kv_size, 1, n_head, n_stream]: 0 in the cells query head h's KV head
+// A layer's per-head bias, [kv_size, 1, n_head, n_stream] in the mask's type: 0 in the cells query head h's KV head
 // holds, -INF below its start. It lives in a buffer of the storage's own type (the cache's device) and is
 // written once per layout, so a decoded token's per-head mask is one add per layer and nothing is
 // uploaded (building it in every graph from the starts cost ~7 small kernels and one upload per layer).
