@@ -16,17 +16,16 @@ import pyuncomp  # first: it loads pyuncomp's libllama  # noqa: I001
 
 import numpy as np
 
-PROMPT = ("The quick brown fox jumps over the lazy dog. " * 60 + "The secret number is 48213. "
-          + "Grass is green and the sky is blue. " * 60 + "What is the secret number? The secret number is")
+from compress_probe import CACHES, PROMPT  # the same prompt and cache settings as the compression probe
+
 CHUNK = " 48213. Good. Now tell me about the fox, the dog, the grass and the sky, and then the number again:"
 
 
 def batched_vs_single(args, method):
     """(correlation, max |diff|, same argmax, tokens kept per head) of the chunk's last logits."""
-    cache = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8}}[args.cache]
+    cache = {"flash_attn": True, **CACHES[args.cache]}
     llm = pyuncomp.Llama(pyuncomp.resolve_model(args.model), n_ctx=8192, method=method, ratio=0.1,
-                         n_gpu_layers=args.n_gpu_layers, flash_attn=True, shrink_cache=False, seed=0,
-                         verbose=False, **cache)
+                         n_gpu_layers=args.n_gpu_layers, shrink_cache=False, seed=0, verbose=False, **cache)
     llm.eval(llm.tokenize(PROMPT.encode()))
     kept = llm.compression_stats()["tokens_kept"]
     state = llm.save_state()

@@ -15,14 +15,17 @@ import pyuncomp  # first: it loads pyuncomp's libllama (numpy first crashed on t
 
 import numpy as np
 
+# the probed prompt and the cache settings, shared with tools/chunk_probe.py
+PROMPT = ("The quick brown fox jumps over the lazy dog. " * 60 + "The secret number is 48213. "
+          + "Grass is green and the sky is blue. " * 60 + "What is the secret number? The secret number is")
+CACHES = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8, "flash_attn": True}}
+
 
 def probe(args):
-    cache = {"f16": {}, "q8_0": {"type_k": 8, "type_v": 8, "flash_attn": True}}[args.cache]
+    cache = CACHES[args.cache]
     llm = pyuncomp.Llama(pyuncomp.resolve_model(args.model), n_ctx=8192, method=args.method, ratio=0.1,
                          n_gpu_layers=args.n_gpu_layers, shrink_cache=False, seed=0, verbose=False, **cache)
-    prompt = ("The quick brown fox jumps over the lazy dog. " * 60 + "The secret number is 48213. "
-              + "Grass is green and the sky is blue. " * 60 + "What is the secret number? The secret number is")
-    text = llm.create_completion(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
+    text = llm.create_completion(PROMPT, max_tokens=12, temperature=0.0)["choices"][0]["text"]
     stats = llm.compression_stats()
     kept = np.asarray(stats["tokens_kept"])
     rows = {}
