@@ -164,7 +164,8 @@ LLAMA_API void llama_uncomp_forget(struct llama_context * ctx, llama_seq_id seq_
 
 // The first cell each KV head of model layer il reads for seq_id (0 for all until a compression gives
 // heads different budgets): out[h], h < n_head_kv. Returns n_head_kv or < 0. set restores a saved
-// layout after a state load (n = n_head_kv).
+// layout after a state load (n = n_head_kv); LLAMA_UNCOMP_ERR_DEVICE when the device has no room for
+// the layer's per-head attention bias (kv_size x n_head f16; the layout is then unchanged).
 LLAMA_API int32_t llama_uncomp_head_start(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il, uint32_t * out, int32_t n_max);
 LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq_id, int32_t il, const uint32_t * start, int32_t n);
 

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
-#include <type_traits>
 #include <unordered_map>
 
 namespace {
@@ -63,9 +62,29 @@ uncomp_device::uncomp_device(const ggml_tensor * storage) {
         set_threads(backend, (int) std::max(1u, std::thread::hardware_concurrency()));
     }
     galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
+    host_buft = ggml_backend_dev_host_buffer_type(dev);
+}
+
+float * uncomp_device::staging_for(int64_t n_values) {
+    const size_t bytes = std::max<size_t>(1, (size_t) n_values * sizeof(float));
+    if (staging == nullptr || ggml_backend_buffer_get_size(staging) < bytes) {
+        ggml_backend_buffer_free(staging);
+        staging = nullptr;
+        if (host_buft != nullptr) {
+            staging = ggml_backend_buft_alloc_buffer(host_buft, bytes);
+        }
+        if (staging == nullptr) {
+            staging = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), bytes);
+        }
+        if (staging == nullptr) {
+            throw std::runtime_error("uncomp: out of host memory for a compression step's results");
+        }
+    }
+    return (float *) ggml_backend_buffer_get_base(staging);
 }
 
 uncomp_device::~uncomp_device() {
+    ggml_backend_buffer_free(staging);
     ggml_gallocr_free(galloc);
     ggml_backend_free(backend);
 }
@@ -86,6 +105,12 @@ namespace {
 
 bool takes_part(const std::vector<uint32_t> * cells) {
     return cells != nullptr && !cells->empty();
+}
+
+// every KV head of the layer takes part with the same list of cells
+bool shares_cells(const uncomp_head_cells & j) {
+    return !j.cells.empty() && takes_part(j.cells[0]) &&
+           std::all_of(j.cells.begin(), j.cells.end(), [&](const auto * c) { return c == j.cells[0]; });
 }
 
 size_t n_heads_in(const std::vector<uncomp_head_cells> & jobs) {
@@ -148,25 +173,19 @@ struct packed_outputs {
             ggml_build_forward_expand(gf, ggml_cpy(ctx, t, ggml_view_1d(ctx, all, ggml_nelements(t), at * sizeof(float))));
         }
     }
-    // [layer][head] values; an empty vector where a head has none. Each head's values are read
-    // straight into its own vector: no buffer of them all is faulted in and copied again.
+    // [layer][head] values; an empty vector where a head has none. They come back in one read into
+    // `staging` (n_values floats): one transfer instead of one per head, each of which waits on its own.
     template <typename T>
-    std::vector<std::vector<std::vector<T>>> read(const std::vector<size_t> & n_heads) const {
+    std::vector<std::vector<std::vector<T>>> read(const std::vector<size_t> & n_heads, float * staging) const {
         std::vector<std::vector<std::vector<T>>> out(parts.size());
-        std::vector<float> staging; // only for T != float
+        if (all != nullptr) {
+            ggml_backend_tensor_get(all, staging, 0, ggml_nbytes(all));
+        }
         for (size_t l = 0; l < parts.size(); ++l) {
             out[l].resize(n_heads[l]);
             for (size_t h = 0; h < parts[l].size(); ++h) {
                 const part & p = parts[l][h];
-                if (p.t == nullptr) continue;
-                out[l][h].resize(p.n);
-                if constexpr (std::is_same_v<T, float>) {
-                    ggml_backend_tensor_get(all, out[l][h].data(), p.at * sizeof(float), p.n * sizeof(float));
-                } else {
-                    staging.resize(p.n);
-                    ggml_backend_tensor_get(all, staging.data(), p.at * sizeof(float), p.n * sizeof(float));
-                    std::copy(staging.begin(), staging.end(), out[l][h].begin());
-                }
+                if (p.t != nullptr) out[l][h].assign(staging + p.at, staging + p.at + p.n);
             }
         }
         return out;
@@ -194,9 +213,7 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
         // q: [head_dim, wq, n_head]; the query heads of KV head h are [h*gqa, (h+1)*gqa)
         q_in[l] = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim, j.wq, j.n_head);
         ggml_set_input(q_in[l]);
-        const bool shared = takes_part(j.keys.cells[0]) &&
-            std::all_of(j.keys.cells.begin(), j.keys.cells.end(), [&](const auto * c) { return c == j.keys.cells[0]; });
-        if (shared) {
+        if (shares_cells(j.keys)) {
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
             // the same arithmetic per head as below
             const int64_t n = (int64_t) j.keys.cells[0]->size();
@@ -238,7 +255,7 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
     timer.step("compute");
-    auto out = mass.read<float>(heads_of);
+    auto out = mass.read<float>(heads_of, staging_for(mass.n_values));
     timer.step("read");
     ggml_free(ctx);
     return out;
@@ -246,7 +263,7 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
 
 std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
     uncomp_step_timer timer("gram");
-    const size_t n_nodes = 16 * n_heads_in(jobs) + 16;
+    const size_t n_nodes = 16 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
@@ -256,6 +273,20 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
         const auto & j = jobs[l];
         const int64_t head_dim = j.head_dim;
         heads_of[l] = j.cells.size();
+        if (shares_cells(j)) {
+            // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
+            // the same arithmetic per head as below
+            const int64_t n_head_kv = (int64_t) j.cells.size();
+            const int64_t n = (int64_t) j.cells[0]->size();
+            ggml_tensor * rows = ggml_get_rows(ctx, stream_rows(ctx, j.storage, j.stream), cells.add(ctx, j.cells[0])); // [n_embd_k_gqa, n]
+            ggml_tensor * k    = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, head_dim, n_head_kv, n), 0, 2, 1, 3)); // [head_dim, n, n_head_kv]
+            ggml_tensor * mean = ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, k)));                  // [1, head_dim, n_head_kv]
+            ggml_tensor * z    = ggml_sub(ctx, k, ggml_reshape_3d(ctx, mean, head_dim, 1, n_head_kv));
+            z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
+            ggml_tensor * zt = ggml_cont(ctx, ggml_transpose(ctx, z));                                    // [n, head_dim, n_head_kv]
+            gram.add_heads(l, ggml_mul_mat(ctx, zt, zt), n_head_kv);                                     // [head_dim, head_dim, n_head_kv]
+            continue;
+        }
         for (size_t h = 0; h < j.cells.size(); ++h) {
             if (!takes_part(j.cells[h])) {
                 continue;
@@ -278,7 +309,7 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
     timer.step("compute");
-    auto out = gram.read<double>(heads_of);
+    auto out = gram.read<double>(heads_of, staging_for(gram.n_values));
     timer.step("read");
     ggml_free(ctx);
     return out;

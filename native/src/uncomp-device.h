@@ -58,6 +58,12 @@ struct uncomp_device {
     bool compact(const std::vector<uncomp_head_cells> & jobs, size_t n_kept);
 
 private:
+    // the device's pinned host memory where it has some (the fast way back), else plain host memory;
+    // kept between steps and grown as needed (a step's results: n floats per held token and head)
+    ggml_backend_buffer_type_t host_buft = nullptr;
+    ggml_backend_buffer_t      staging   = nullptr;
+    float *        staging_for(int64_t n_values);
+
     ggml_context * begin(size_t n_tensors);
     // allocates the graph's tensors (inputs are set after this); frees ctx and throws when out of memory
     void           allocate(ggml_context * ctx, ggml_cgraph * gf);

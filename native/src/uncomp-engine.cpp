@@ -669,6 +669,14 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
             for (uint32_t i : kept[li][h]) src[li][h].push_back(cells[i]);
         }
     }
+    // the per-head attention biases of the layers that will have a layout, before anything moves
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const bool moves = std::any_of(src[li].begin(), src[li].end(), [&](const auto & rows) { return rows.size() < n_kept; });
+        if (moves && !uncomp_layout_reserve(kv, (int32_t) layer_ids[li], hp.n_head(layer_ids[li]))) {
+            LLAMA_LOG_ERROR("%s: no device memory for layer %u's per-head attention bias\n", __func__, layer_ids[li]);
+            return LLAMA_UNCOMP_ERR_DEVICE; // nothing moved yet
+        }
+    }
     try {
         compact_layers(st, kv, hp, layer_ids, stream, src, n_kept);
         timer.step("compact");
@@ -812,6 +820,10 @@ int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq
     if (cache == nullptr || start == nullptr || n != (int32_t) ctx->get_model().hparams.n_head_kv(il) ||
         std::any_of(start, start + n, [&](uint32_t s) { return s > cache->get_size(); })) {
         return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    const bool all_zero = std::all_of(start, start + n, [](uint32_t s) { return s == 0; });
+    if (!all_zero && !uncomp_layout_reserve(cache, il, ctx->get_model().hparams.n_head(il))) {
+        return LLAMA_UNCOMP_ERR_DEVICE;
     }
     uncomp_layout_set(cache, il, (uint32_t) stream, std::vector<uint32_t>(start, start + n));
     rebuild_graphs(ctx, *state_of(ctx));

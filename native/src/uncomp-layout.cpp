@@ -21,10 +21,12 @@ using stream_layouts = std::vector<std::vector<uint32_t>>; // [stream][KV head],
 std::mutex g_layout_mutex;
 std::unordered_map<const ggml_tensor *, stream_layouts> g_head_start;
 
-// A layer's per-head bias, [kv_size, 1, n_head, n_stream] in the mask's type: 0 in the cells query head h's KV head
-// holds, -INF below its start. It lives in a buffer of the storage's own type (the cache's device) and is
-// written once per layout, so a decoded token's per-head mask is one add per layer and nothing is
-// uploaded (building it in every graph from the starts cost ~7 small kernels and one upload per layer).
+// A layer's per-head bias, [kv_size, 1, n_head, n_stream] f16: 0 in the cells query head h's KV head
+// holds, -INF below its start. It lives in a buffer of the storage's own type (the cache's device), is
+// allocated when a layout is recorded (uncomp_layout_reserve, where running out of memory can still be
+// reported) and rewritten per stream when its layout changes, so a decoded token's per-head mask is one
+// add per layer and nothing is uploaded (building it in every graph from the starts cost ~7 small
+// kernels and one upload per layer). f16 whatever the mask's type: its values are 0 and -INF only.
 struct head_bias {
     ggml_context *        ctx = nullptr;
     ggml_backend_buffer_t buf = nullptr;
@@ -37,7 +39,7 @@ struct head_bias {
     }
 };
 
-// keyed by the layer's K storage tensor, like the layouts; dropped whenever the layer's layout changes.
+// keyed by the layer's K storage tensor, like the layouts; dropped when the layer has no layout left.
 // Never destroyed: a bias still held at exit (a context freed without llama_uncomp_detach) must not free
 // its device buffer after the device's runtime has shut down.
 auto & g_head_bias = *new std::unordered_map<const ggml_tensor *, std::unique_ptr<head_bias>>();
@@ -46,42 +48,19 @@ uint64_t g_bias_generation = 0;
 // set while the hook builds its attention, which calls build_attn_mha again
 thread_local bool t_in_hook = false;
 
-// the bias of a storage tensor for n_head query heads (gqa per KV head), made and uploaded when missing;
-// nullptr when it cannot be allocated. Caller holds g_layout_mutex.
-head_bias * head_bias_of(const ggml_tensor * storage, const stream_layouts & layouts, int64_t n_head, int64_t gqa, ggml_type type) {
-    auto it = g_head_bias.find(storage);
-    if (it != g_head_bias.end() && it->second->t->type == type && it->second->t->ne[2] == n_head) {
-        return it->second.get();
+// writes one stream's rows of a bias from that stream's layout (empty: every cell valid). Caller holds
+// g_layout_mutex.
+void write_bias_stream(const head_bias & bias, int64_t stream, const std::vector<uint32_t> & start) {
+    const int64_t kv_size = bias.t->ne[0];
+    const int64_t n_head  = bias.t->ne[2];
+    std::vector<ggml_fp16_t> rows((size_t) (kv_size * n_head), ggml_fp32_to_fp16(0.0f));
+    const ggml_fp16_t masked = ggml_fp32_to_fp16(-INFINITY);
+    for (int64_t h = 0; h < n_head && !start.empty(); ++h) {
+        const int64_t gqa = n_head / (int64_t) start.size();
+        ggml_fp16_t * row = rows.data() + h * kv_size;
+        std::fill(row, row + std::min<int64_t>(start[h / gqa], kv_size), masked);
     }
-    g_head_bias.erase(storage);
-    const int64_t kv_size  = storage->ne[1];
-    const int64_t n_stream = storage->ne[2];
-    auto bias = std::make_unique<head_bias>();
-    ggml_init_params params = { ggml_tensor_overhead(), nullptr, true };
-    bias->ctx = ggml_init(params);
-    bias->t   = ggml_new_tensor_4d(bias->ctx, type, kv_size, 1, n_head, n_stream);
-    bias->buf = ggml_backend_alloc_ctx_tensors_from_buft(bias->ctx, ggml_backend_buffer_get_type(storage->buffer));
-    if (bias->buf == nullptr) {
-        return nullptr;
-    }
-    // f32 [kv_size, n_head, n_stream] first, then in the mask's type (f16 with flash attention)
-    std::vector<float> values((size_t) ggml_nelements(bias->t), 0.0f);
-    for (int64_t s = 0; s < n_stream && s < (int64_t) layouts.size(); ++s) {
-        for (int64_t h = 0; h < n_head && !layouts[s].empty(); ++h) {
-            float * row = values.data() + (s * n_head + h) * kv_size;
-            std::fill(row, row + std::min<int64_t>(layouts[s][h / gqa], kv_size), -INFINITY);
-        }
-    }
-    if (type == GGML_TYPE_F16) {
-        std::vector<ggml_fp16_t> half(values.size());
-        ggml_fp32_to_fp16_row(values.data(), half.data(), (int64_t) values.size());
-        ggml_backend_tensor_set(bias->t, half.data(), 0, ggml_nbytes(bias->t));
-    } else {
-        GGML_ASSERT(type == GGML_TYPE_F32);
-        ggml_backend_tensor_set(bias->t, values.data(), 0, ggml_nbytes(bias->t));
-    }
-    bias->generation = ++g_bias_generation;
-    return g_head_bias.emplace(storage, std::move(bias)).first->second.get();
+    ggml_backend_tensor_set(bias.t, rows.data(), stream * bias.t->nb[3], rows.size() * sizeof(ggml_fp16_t));
 }
 
 uint64_t head_bias_generation(const ggml_tensor * storage) {
@@ -220,14 +199,14 @@ ggml_tensor * uncomp_build_attn_heads(
     // mask [n_rows, n_tokens, n_head, n_stream] = the layer's mask (rows [s_first, n_kv)) + the per-head
     // bias; the kernels skip -INF rows (CUDA's vector kernel whole masked tiles), so a head's work is
     // its own rows
-    head_bias * hb = nullptr;
+    const head_bias * hb = nullptr;
     {
         std::lock_guard<std::mutex> lock(g_layout_mutex);
-        auto it = g_head_start.find(k->view_src);
-        GGML_ASSERT(it != g_head_start.end());
-        hb = head_bias_of(k->view_src, it->second, n_head, n_head / k->ne[1], kq_mask->type);
+        auto it = g_head_bias.find(k->view_src);
+        hb = it == g_head_bias.end() ? nullptr : it->second.get();
     }
-    GGML_ASSERT(hb != nullptr && "uncomp: cannot allocate the per-head attention bias");
+    // the engine reserves the bias before it records a layout whose heads start apart
+    GGML_ASSERT(hb != nullptr && hb->t->ne[2] == n_head && "uncomp: a per-head layout without its bias");
     input->bias_generation = hb->generation;
     ggml_tensor * bias = ggml_view_4d(ctx, hb->t, n_rows, 1, n_head, n_stream,
                                       hb->t->nb[1], hb->t->nb[2], hb->t->nb[3], s_first * hb->t->nb[0] + s0 * hb->t->nb[3]);
@@ -241,6 +220,31 @@ ggml_tensor * uncomp_build_attn_heads(
     return out;
 }
 
+bool uncomp_layout_reserve(const llama_kv_cache * cache, int32_t il, int64_t n_head) {
+    const ggml_tensor * storage = cache->get_k_storage(il);
+    std::lock_guard<std::mutex> lock(g_layout_mutex);
+    auto it = g_head_bias.find(storage);
+    if (it != g_head_bias.end() && it->second->t->ne[2] == n_head) {
+        return true;
+    }
+    auto bias = std::make_unique<head_bias>();
+    ggml_init_params params = { ggml_tensor_overhead(), nullptr, true };
+    bias->ctx = ggml_init(params);
+    bias->t   = ggml_new_tensor_4d(bias->ctx, GGML_TYPE_F16, storage->ne[1], 1, n_head, storage->ne[2]);
+    bias->buf = ggml_backend_alloc_ctx_tensors_from_buft(bias->ctx, ggml_backend_buffer_get_type(storage->buffer));
+    if (bias->buf == nullptr) {
+        return false; // the layer keeps the bias (or none) it had
+    }
+    auto layouts = g_head_start.find(storage);
+    for (int64_t s = 0; s < storage->ne[2]; ++s) {
+        const bool has = layouts != g_head_start.end() && s < (int64_t) layouts->second.size();
+        write_bias_stream(*bias, s, has ? layouts->second[s] : std::vector<uint32_t>());
+    }
+    bias->generation = ++g_bias_generation;
+    g_head_bias[storage] = std::move(bias);
+    return true;
+}
+
 void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, uint32_t stream, const std::vector<uint32_t> & head_start) {
     const ggml_tensor * storage = cache->get_k_storage(il);
     std::lock_guard<std::mutex> lock(g_layout_mutex);
@@ -249,12 +253,17 @@ void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, uint32_t stream
     if (all_zero && (it == g_head_start.end() || stream >= it->second.size())) {
         return;
     }
+    // a layer with a layout has its bias: any stream's layout may meet another's in one ubatch
+    auto bias = g_head_bias.find(storage);
+    GGML_ASSERT((all_zero || bias != g_head_bias.end()) && "uncomp_layout_set: reserve the layer's bias first");
     stream_layouts & layouts = g_head_start[storage];
     layouts.resize(std::max<size_t>(layouts.size(), stream + 1));
     layouts[stream] = all_zero ? std::vector<uint32_t>() : head_start;
-    g_head_bias.erase(storage);
     if (std::all_of(layouts.begin(), layouts.end(), [](const std::vector<uint32_t> & s) { return s.empty(); })) {
         g_head_start.erase(storage);
+        g_head_bias.erase(storage);
+    } else if (bias != g_head_bias.end()) {
+        write_bias_stream(*bias->second, stream, layouts[stream]);
     }
 }
 

@@ -35,6 +35,11 @@ ggml_tensor * uncomp_build_attn_heads(
         float         kq_scale,
         int           il);
 
+// Makes sure layer il has its per-head attention bias for n_head query heads (kv_size x n_head f16 on
+// the cache's device, all streams; allocated once, kept while the layer has a layout): false when it
+// cannot be allocated. Needed before recording a layout (not all zero) in any stream of the layer.
+bool uncomp_layout_reserve(const llama_kv_cache * cache, int32_t il, int64_t n_head);
+
 // Records where each KV head of layer il starts in a stream (one cell index per head); all zero
 // forgets the layer's layout in that stream.
 void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, uint32_t stream, const std::vector<uint32_t> & head_start);

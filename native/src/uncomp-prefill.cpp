@@ -297,6 +297,12 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     pf->kept_pos.assign(kept.begin(), kept.end());
     pf->tail_pos0 = pos0;
     pf->phase     = UNCOMP_PREFILL_TAIL;
+    for (uint32_t il = (uint32_t) pf->layer + 1; il < hp.n_layer(); ++il) {
+        if (!uncomp_layout_reserve(hp.is_swa(il) ? kv.swa : kv.base, (int32_t) il, hp.n_head(il))) {
+            llama_uncomp_prefill_abort(ctx);
+            return LLAMA_UNCOMP_ERR_DEVICE;
+        }
+    }
     llama_memory_seq_rm(llama_get_memory(ctx), 0, pos0, -1);
     for (uint32_t il = (uint32_t) pf->layer + 1; il < hp.n_layer(); ++il) {
         const llama_kv_cache * cache = hp.is_swa(il) ? kv.swa : kv.base;
