@@ -26,6 +26,9 @@ def test_tasks_are_seeded_sized_and_hold_their_answers(evaluator, task):
     a = make_samples(task, 1500, [0.3], 2, seed=1, count_tokens=count)
     assert [s.prompt for s in a] == [s.prompt for s in make_samples(task, 1500, [0.3], 2, seed=1, count_tokens=count)]
     assert a[0].prompt != a[1].prompt != make_samples(task, 1500, [0.3], 1, seed=2, count_tokens=count)[0].prompt
+    # a depth given as an int is the same depth as the CLI's float
+    assert make_samples(task, 1500, [1], 1, seed=1, count_tokens=count)[0].prompt == \
+        make_samples(task, 1500, [1.0], 1, seed=1, count_tokens=count)[0].prompt
     for s in a:
         assert 0.9 * 1500 <= count(s.prompt) <= 1.05 * 1500, count(s.prompt)
         if task == "cwe":  # the answers are the most frequent words of the list

@@ -209,7 +209,8 @@ def make_samples(task: str, length: int, depths, n: int, seed: int, count_tokens
     samples = []
     for depth in (depths if task in DEPTH_TASKS else [None]):
         for i in range(n):
-            rng = random.Random(f"{seed}/{task}/{length}/{depth}/{i}")
+            # depth as a float: depth 1 and depth 1.0 (the CLI's) must give the same sample
+            rng = random.Random(f"{seed}/{task}/{length}/{None if depth is None else float(depth)}/{i}")
             prompt, answers, meta = _MAKERS[task](rng, length, 0.5 if depth is None else depth, count_tokens)
             samples.append(Sample(task, prompt, answers, length, depth, i, meta.pop("followup", None), meta))
     return samples
