@@ -113,6 +113,14 @@ bool shares_cells(const uncomp_head_cells & j) {
            std::all_of(j.cells.begin(), j.cells.end(), [&](const auto * c) { return c == j.cells[0]; });
 }
 
+// the rows of cells idx ([n] i32) of every KV head of a job whose heads share them, one head after the
+// other: [head_dim, n, n_head_kv] f32
+ggml_tensor * shared_rows(ggml_context * ctx, const uncomp_head_cells & j, ggml_tensor * idx) {
+    const int64_t n_head_kv = (int64_t) j.cells.size();
+    ggml_tensor * rows = ggml_get_rows(ctx, stream_rows(ctx, j.storage, j.stream), idx); // [n_embd_k_gqa, n]
+    return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, j.head_dim, n_head_kv, idx->ne[0]), 0, 2, 1, 3));
+}
+
 size_t n_heads_in(const std::vector<uncomp_head_cells> & jobs) {
     size_t n = 0;
     for (const auto & j : jobs) n += j.cells.size();
@@ -217,9 +225,7 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
             // the same arithmetic per head as below
             const int64_t n = (int64_t) j.keys.cells[0]->size();
-            ggml_tensor * rows = ggml_get_rows(ctx, stream_rows(ctx, j.keys.storage, j.keys.stream),
-                                               cells.add(ctx, j.keys.cells[0]));           // [n_embd_k_gqa, n] f32
-            ggml_tensor * k = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, head_dim, n_head_kv, n), 0, 2, 1, 3));
+            ggml_tensor * k = shared_rows(ctx, j.keys, cells.add(ctx, j.keys.cells[0]));   // [head_dim, n, n_head_kv] f32
             ggml_tensor * qg = ggml_reshape_3d(ctx, q_in[l], head_dim, j.wq * gqa, n_head_kv);
             ggml_tensor * kq = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, k, qg), n, j.wq, gqa, n_head_kv); // [n, wq, gqa, n_head_kv]
             kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n - j.wq));
@@ -277,9 +283,7 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
             // the same arithmetic per head as below
             const int64_t n_head_kv = (int64_t) j.cells.size();
-            const int64_t n = (int64_t) j.cells[0]->size();
-            ggml_tensor * rows = ggml_get_rows(ctx, stream_rows(ctx, j.storage, j.stream), cells.add(ctx, j.cells[0])); // [n_embd_k_gqa, n]
-            ggml_tensor * k    = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, head_dim, n_head_kv, n), 0, 2, 1, 3)); // [head_dim, n, n_head_kv]
+            ggml_tensor * k    = shared_rows(ctx, j, cells.add(ctx, j.cells[0]));                        // [head_dim, n, n_head_kv]
             ggml_tensor * mean = ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, k)));                  // [1, head_dim, n_head_kv]
             ggml_tensor * z    = ggml_sub(ctx, k, ggml_reshape_3d(ctx, mean, head_dim, 1, n_head_kv));
             z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
