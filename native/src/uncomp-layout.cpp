@@ -55,8 +55,8 @@ void write_bias_stream(const head_bias & bias, int64_t stream, const std::vector
     const int64_t n_head  = bias.t->ne[2];
     std::vector<ggml_fp16_t> rows((size_t) (kv_size * n_head), ggml_fp32_to_fp16(0.0f));
     const ggml_fp16_t masked = ggml_fp32_to_fp16(-INFINITY);
+    const int64_t gqa = start.empty() ? 1 : n_head / (int64_t) start.size();
     for (int64_t h = 0; h < n_head && !start.empty(); ++h) {
-        const int64_t gqa = n_head / (int64_t) start.size();
         ggml_fp16_t * row = rows.data() + h * kv_size;
         std::fill(row, row + std::min<int64_t>(start[h / gqa], kv_size), masked);
     }
@@ -205,7 +205,7 @@ ggml_tensor * uncomp_build_attn_heads(
         auto it = g_head_bias.find(k->view_src);
         hb = it == g_head_bias.end() ? nullptr : it->second.get();
     }
-    // the engine reserves the bias before it records a layout whose heads start apart
+    // the engine reserves a layer's bias before it records any layout of the layer
     GGML_ASSERT(hb != nullptr && hb->t->ne[2] == n_head && "uncomp: a per-head layout without its bias");
     input->bias_generation = hb->generation;
     ggml_tensor * bias = ggml_view_4d(ctx, hb->t, n_rows, 1, n_head, n_stream,
@@ -235,10 +235,11 @@ bool uncomp_layout_reserve(const llama_kv_cache * cache, int32_t il, int64_t n_h
     if (bias->buf == nullptr) {
         return false; // the layer keeps the bias (or none) it had
     }
+    // f16 0 is all-zero bits: every cell valid, then the streams that already have a layout
+    ggml_backend_buffer_clear(bias->buf, 0);
     auto layouts = g_head_start.find(storage);
-    for (int64_t s = 0; s < storage->ne[2]; ++s) {
-        const bool has = layouts != g_head_start.end() && s < (int64_t) layouts->second.size();
-        write_bias_stream(*bias, s, has ? layouts->second[s] : std::vector<uint32_t>());
+    for (size_t s = 0; layouts != g_head_start.end() && s < layouts->second.size(); ++s) {
+        if (!layouts->second[s].empty()) write_bias_stream(*bias, (int64_t) s, layouts->second[s]);
     }
     bias->generation = ++g_bias_generation;
     g_head_bias[storage] = std::move(bias);
