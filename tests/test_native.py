@@ -60,7 +60,7 @@ def test_device_steps_match_references_under_asan():
     r = subprocess.run([str(build("test-uncomp-device-ops"))], capture_output=True, text=True, env=ASAN_ENV)
     assert r.returncode == 0, r.stdout + r.stderr[-8000:]
     assert "device CPU" in r.stdout and "all checks passed" in r.stdout
-    assert r.stdout.count("3 rounds of scores, Gram matrices, compaction") == 4
+    assert r.stdout.count("3 rounds of scores, Gram matrices, compaction") == 6
 
 
 def asan_python_env():

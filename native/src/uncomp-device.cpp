@@ -121,6 +121,47 @@ ggml_tensor * shared_rows(ggml_context * ctx, const uncomp_head_cells & j, ggml_
     return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, j.head_dim, n_head_kv, idx->ne[0]), 0, 2, 1, 3));
 }
 
+// a [m, k, b] summed over its second dimension: [m, 1, b]. An outer product with a column of ones
+// (ones: an f32 vector of at least k·b ones) reads a once; permuting k into rows first would copy it.
+ggml_tensor * sum_dim1(ggml_context * ctx, ggml_tensor * a, ggml_tensor * ones) {
+    ggml_tensor * col = ggml_view_3d(ctx, ones, 1, a->ne[1], a->ne[2], sizeof(float), a->ne[1] * sizeof(float), 0);
+    return ggml_out_prod(ctx, a, col);
+}
+
+// rows a Gram product sums at a time: many short products keep the device busy where one per head over
+// a long prompt would be a few long ones
+constexpr int64_t k_gram_chunk = 512;
+
+// Σ z zᵀ over the n rows of each head of k, z = the row centred over the n and scaled to unit norm:
+// k [head_dim, n, n_head] f32 -> [head_dim, head_dim, n_head]
+ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones) {
+    const int64_t d = k->ne[0], n = k->ne[1], n_head = k->ne[2];
+    ggml_tensor * mean = ggml_scale(ctx, sum_dim1(ctx, k, ones), 1.0f / (float) n); // [d, 1, n_head]
+    ggml_tensor * z = ggml_sub(ctx, k, mean);
+    // unit rows: rms_norm gives rms 1, i.e. norm sqrt(d); a zero row stays zero
+    z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) d));
+    const int64_t chunks = (n + k_gram_chunk - 1) / k_gram_chunk;
+    if (chunks * k_gram_chunk != n) {
+        z = ggml_pad(ctx, z, 0, (int) (chunks * k_gram_chunk - n), 0, 0); // zero rows add nothing
+    }
+    z = ggml_reshape_3d(ctx, z, d, k_gram_chunk, chunks * n_head);
+    ggml_tensor * g = ggml_out_prod(ctx, z, z);                               // [d, d, chunks * n_head]
+    return ggml_reshape_3d(ctx, sum_dim1(ctx, ggml_reshape_3d(ctx, g, d * d, chunks, n_head), ones), d, d, n_head);
+}
+
+// the column of ones sum_dim1 reads, [n] f32, set after allocation
+struct ones_input {
+    ggml_tensor * t = nullptr;
+    ones_input(ggml_context * ctx, int64_t n) {
+        t = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, std::max<int64_t>(1, n));
+        ggml_set_input(t);
+    }
+    void upload() const {
+        const std::vector<float> ones((size_t) t->ne[0], 1.0f);
+        ggml_backend_tensor_set(t, ones.data(), 0, ggml_nbytes(t));
+    }
+};
+
 size_t n_heads_in(const std::vector<uncomp_head_cells> & jobs) {
     size_t n = 0;
     for (const auto & j : jobs) n += j.cells.size();
@@ -181,11 +222,11 @@ struct packed_outputs {
             ggml_build_forward_expand(gf, ggml_cpy(ctx, t, ggml_view_1d(ctx, all, ggml_nelements(t), at * sizeof(float))));
         }
     }
-    // [layer][head] values; an empty vector where a head has none. They come back in one read into
-    // `staging` (n_values floats): one transfer instead of one per head, each of which waits on its own.
-    template <typename T>
-    std::vector<std::vector<std::vector<T>>> read(const std::vector<size_t> & n_heads, float * staging) const {
-        std::vector<std::vector<std::vector<T>>> out(parts.size());
+    // [layer][head] values, no values where a head has none. They come back in one read into `staging`
+    // (n_values floats), one transfer instead of one per head (each of which waits on its own), and are
+    // read there.
+    uncomp_step_values read(const std::vector<size_t> & n_heads, float * staging) const {
+        uncomp_step_values out(parts.size());
         if (all != nullptr) {
             ggml_backend_tensor_get(all, staging, 0, ggml_nbytes(all));
         }
@@ -193,7 +234,7 @@ struct packed_outputs {
             out[l].resize(n_heads[l]);
             for (size_t h = 0; h < parts[l].size(); ++h) {
                 const part & p = parts[l][h];
-                if (p.t != nullptr) out[l][h].assign(staging + p.at, staging + p.at + p.n);
+                if (p.t != nullptr) out[l][h] = { staging + p.at, (size_t) p.n };
             }
         }
         return out;
@@ -202,15 +243,20 @@ struct packed_outputs {
 
 } // namespace
 
-std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const std::vector<uncomp_score_job> & jobs) {
+uncomp_step_values uncomp_device::attention_mass(const std::vector<uncomp_score_job> & jobs) {
     uncomp_step_timer timer("scores");
     size_t n_heads = 0;
     std::vector<size_t> heads_of(jobs.size());
-    for (size_t l = 0; l < jobs.size(); ++l) n_heads += heads_of[l] = jobs[l].keys.cells.size();
+    int64_t n_ones = 0; // the most rows a sum over the window and the gqa heads reads
+    for (size_t l = 0; l < jobs.size(); ++l) {
+        n_heads += heads_of[l] = jobs[l].keys.cells.size();
+        n_ones = std::max<int64_t>(n_ones, jobs[l].wq * jobs[l].n_head);
+    }
     const size_t n_nodes = 20 * n_heads + 4 * jobs.size() + 16;
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
+    const ones_input ones(ctx, n_ones);
     std::vector<ggml_tensor *> q_in(jobs.size());
     packed_outputs mass(jobs.size());
     for (size_t l = 0; l < jobs.size(); ++l) {
@@ -221,17 +267,21 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
         // q: [head_dim, wq, n_head]; the query heads of KV head h are [h*gqa, (h+1)*gqa)
         q_in[l] = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim, j.wq, j.n_head);
         ggml_set_input(q_in[l]);
+        // softmax(scale·q·k) over the n cells, causal inside the window (row t sees cells < n - wq + t + 1),
+        // summed over the window rows and the gqa query heads: kq [n, wq, gqa, heads] -> [n, 1, heads]
+        auto mass_of = [&](ggml_tensor * kq, int64_t n, int64_t heads) {
+            kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n - j.wq));
+            kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
+            return sum_dim1(ctx, ggml_reshape_3d(ctx, kq, n, j.wq * gqa, heads), ones.t);
+        };
         if (shares_cells(j.keys)) {
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
             // the same arithmetic per head as below
             const int64_t n = (int64_t) j.keys.cells[0]->size();
             ggml_tensor * k = shared_rows(ctx, j.keys, cells.add(ctx, j.keys.cells[0]));   // [head_dim, n, n_head_kv] f32
             ggml_tensor * qg = ggml_reshape_3d(ctx, q_in[l], head_dim, j.wq * gqa, n_head_kv);
-            ggml_tensor * kq = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, k, qg), n, j.wq, gqa, n_head_kv); // [n, wq, gqa, n_head_kv]
-            kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n - j.wq));
-            kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
-            kq = ggml_cont(ctx, ggml_permute(ctx, kq, 2, 0, 1, 3));                      // [wq, gqa, n, n_head_kv]
-            mass.add_heads(l, ggml_sum_rows(ctx, ggml_reshape_3d(ctx, kq, j.wq * gqa, n, n_head_kv)), n_head_kv); // [1, n, n_head_kv]
+            ggml_tensor * kq = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, k, qg), n, j.wq, gqa, n_head_kv);
+            mass.add_heads(l, mass_of(kq, n, n_head_kv), n_head_kv);
             continue;
         }
         for (int64_t h = 0; h < n_head_kv; ++h) {
@@ -243,11 +293,7 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
                                              cells.add(ctx, j.keys.cells[h]));                          // [head_dim, n_h] f32
             ggml_tensor * qg = ggml_view_3d(ctx, q_in[l], head_dim, j.wq, gqa, q_in[l]->nb[1], q_in[l]->nb[2],
                                             h * gqa * q_in[l]->nb[2]);
-            ggml_tensor * kq = ggml_mul_mat(ctx, k, qg);                           // [n_h, wq, gqa]
-            kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n_h - j.wq));          // window row t sees cells < n_h - wq + t + 1
-            kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
-            kq = ggml_cont(ctx, ggml_permute(ctx, kq, 2, 0, 1, 3));               // [wq, gqa, n_h]
-            mass.add(l, (size_t) h, ggml_sum_rows(ctx, ggml_reshape_2d(ctx, kq, j.wq * gqa, n_h))); // [1, n_h]
+            mass.add(l, (size_t) h, mass_of(ggml_mul_mat(ctx, k, qg), n_h, 1));                          // [n_h, wq, gqa]
         }
     }
     mass.pack(ctx, gf);
@@ -258,21 +304,29 @@ std::vector<std::vector<std::vector<float>>> uncomp_device::attention_mass(const
         ggml_backend_tensor_set(q_in[l], jobs[l].q.data(), 0, ggml_nbytes(q_in[l]));
     }
     cells.upload();
+    ones.upload();
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
     timer.step("compute");
-    auto out = mass.read<float>(heads_of, staging_for(mass.n_values));
+    auto out = mass.read(heads_of, staging_for(mass.n_values));
     timer.step("read");
     ggml_free(ctx);
     return out;
 }
 
-std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
+uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
     uncomp_step_timer timer("gram");
-    const size_t n_nodes = 16 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
+    int64_t n_ones = 0; // the most rows a mean or a sum of chunks reads
+    for (const auto & j : jobs) {
+        for (const auto * c : j.cells) {
+            if (takes_part(c)) n_ones = std::max<int64_t>(n_ones, (int64_t) c->size() * (int64_t) j.cells.size());
+        }
+    }
+    const size_t n_nodes = 20 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
+    const ones_input ones(ctx, n_ones);
     packed_outputs gram(jobs.size());
     std::vector<size_t> heads_of(jobs.size());
     for (size_t l = 0; l < jobs.size(); ++l) {
@@ -280,29 +334,19 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
         const int64_t head_dim = j.head_dim;
         heads_of[l] = j.cells.size();
         if (shares_cells(j)) {
-            // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
-            // the same arithmetic per head as below
+            // every head holds the same cells (a prompt just evaluated): one batched product for the layer
             const int64_t n_head_kv = (int64_t) j.cells.size();
-            ggml_tensor * k    = shared_rows(ctx, j, cells.add(ctx, j.cells[0]));                        // [head_dim, n, n_head_kv]
-            ggml_tensor * mean = ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, k)));                  // [1, head_dim, n_head_kv]
-            ggml_tensor * z    = ggml_sub(ctx, k, ggml_reshape_3d(ctx, mean, head_dim, 1, n_head_kv));
-            z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
-            ggml_tensor * zt = ggml_cont(ctx, ggml_transpose(ctx, z));                                    // [n, head_dim, n_head_kv]
-            gram.add_heads(l, ggml_mul_mat(ctx, zt, zt), n_head_kv);                                     // [head_dim, head_dim, n_head_kv]
+            ggml_tensor * k = shared_rows(ctx, j, cells.add(ctx, j.cells[0]));        // [head_dim, n, n_head_kv]
+            gram.add_heads(l, unit_gram(ctx, k, ones.t), n_head_kv);                  // [head_dim, head_dim, n_head_kv]
             continue;
         }
         for (size_t h = 0; h < j.cells.size(); ++h) {
             if (!takes_part(j.cells[h])) {
                 continue;
             }
-            ggml_tensor * k    = ggml_get_rows(ctx, head_rows(ctx, j.storage, j.stream, head_dim, (int64_t) h),
-                                               cells.add(ctx, j.cells[h]));                            // [head_dim, n_h]
-            ggml_tensor * mean = ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, k)));                  // [1, head_dim]
-            ggml_tensor * z    = ggml_sub(ctx, k, ggml_reshape_2d(ctx, mean, head_dim, 1));
-            // unit rows: rms_norm gives rms 1, i.e. norm sqrt(head_dim); a zero row stays zero
-            z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) head_dim));
-            ggml_tensor * zt = ggml_cont(ctx, ggml_transpose(ctx, z));                                    // [n_h, head_dim]
-            gram.add(l, h, ggml_mul_mat(ctx, zt, zt));                                                   // [head_dim, head_dim]
+            ggml_tensor * k = ggml_get_rows(ctx, head_rows(ctx, j.storage, j.stream, head_dim, (int64_t) h),
+                                            cells.add(ctx, j.cells[h]));             // [head_dim, n_h]
+            gram.add(l, h, unit_gram(ctx, ggml_reshape_3d(ctx, k, head_dim, k->ne[1], 1), ones.t));
         }
     }
     gram.pack(ctx, gf);
@@ -310,10 +354,11 @@ std::vector<std::vector<std::vector<double>>> uncomp_device::key_gram(const std:
     allocate(ctx, gf);
     timer.step("alloc");
     cells.upload();
+    ones.upload();
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
     timer.step("compute");
-    auto out = gram.read<double>(heads_of, staging_for(gram.n_values));
+    auto out = gram.read(heads_of, staging_for(gram.n_values));
     timer.step("read");
     ggml_free(ctx);
     return out;

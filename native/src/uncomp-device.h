@@ -22,6 +22,22 @@ struct uncomp_head_cells {
     std::vector<const std::vector<uint32_t> *> cells;
 };
 
+// n values of one KV head that a step computed, read where they are: in the device's staging memory
+// (valid until its next step) or in the host path's own vector. Results come back this way because
+// copying each head's values into a fresh vector cost more than the step itself on a 32k prompt
+// (hundreds of 128 KiB allocations, each first touched page by page).
+struct uncomp_values {
+    const float * ptr = nullptr;
+    size_t        n   = 0;
+
+    const float * begin() const { return ptr; }
+    const float * end() const { return ptr + n; }
+    size_t size() const { return n; }
+    bool   empty() const { return n == 0; }
+    float  operator[](size_t i) const { return ptr[i]; }
+};
+using uncomp_step_values = std::vector<std::vector<uncomp_values>>; // [job][KV head]
+
 // window queries of one layer against its heads' cells
 struct uncomp_score_job {
     uncomp_head_cells  keys;
@@ -45,12 +61,12 @@ struct uncomp_device {
     // Attention mass of the window queries on the tokens each KV head holds: for head h of a layer, its
     // n_h held cells (position order, the last wq of them are the window's own tokens), the softmax of
     // scale·q·k over those cells (causal inside the window) summed over the wq window rows and the gqa
-    // query heads of the head. Heads with no cells get an empty vector.
-    std::vector<std::vector<std::vector<float>>> attention_mass(const std::vector<uncomp_score_job> & jobs);
+    // query heads of the head. Heads with no cells get no values.
+    uncomp_step_values attention_mass(const std::vector<uncomp_score_job> & jobs);
 
     // Σ z zᵀ over the cells of each KV head, z = the centred key scaled to unit norm ([head_dim,
-    // head_dim] doubles per head, the spec's entropy before its /n and trace normalisation).
-    std::vector<std::vector<std::vector<double>>> key_gram(const std::vector<uncomp_head_cells> & jobs);
+    // head_dim] floats per head, the spec's entropy before its /n and trace normalisation).
+    uncomp_step_values key_gram(const std::vector<uncomp_head_cells> & jobs);
 
     // Moves, for each job and KV head h, the rows of cells cells[h][i] to n_kept - cells[h].size() + i
     // (a row holds every head's slice of head_dim values); false, with nothing moved, when a storage

@@ -274,7 +274,7 @@ std::vector<float> attention_mass(const std::vector<std::vector<float>> & rows, 
 
 // SnapKV's score of each of the n_prefix tokens before the window: its attention mass average-pooled
 // (kernel k, zero padding k/2, stride 1)
-std::vector<float> pool_prefix(const std::vector<float> & mass, int64_t n_prefix, int32_t pool_kernel) {
+std::vector<float> pool_prefix(const uncomp_values & mass, int64_t n_prefix, int32_t pool_kernel) {
     const int64_t half = pool_kernel / 2;
     std::vector<float> pooled(n_prefix);
     for (int64_t j = 0; j < n_prefix; ++j) {
@@ -444,14 +444,23 @@ void rebuild_graphs(llama_context * ctx, uncomp_state & st) {
     ctx->set_eval_callback(st.observing ? observe_queries : nullptr, st.observing ? &st : nullptr);
 }
 
+// per layer and KV head, the window attention mass of the tokens it holds: the host path's own values
+// and views of the device steps' results (valid until the device's next step)
+struct window_mass {
+    uncomp_step_values                heads; // [layer][KV head]
+    std::deque<std::vector<float>>    host;  // what the host path's views point at
+};
+
 // Window attention mass (attention_mass) of every layer's heads with scored[li][h] set over the tokens
 // they hold, held[li][h] (indices into cells/pos, increasing), computed where each layer's keys live:
 // the layers of one device in one graph.
-std::vector<std::vector<std::vector<float>>> window_masses(
+window_mass window_masses(
         uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp, const std::vector<uint32_t> & layer_ids,
         uint32_t stream, const std::vector<uint32_t> & cells, const std::vector<llama_pos> & pos,
         const std::vector<std::vector<const std::vector<uint32_t> *>> & held, const std::vector<std::vector<char>> & scored) {
-    std::vector<std::vector<std::vector<float>>> mass(layer_ids.size());
+    window_mass out;
+    auto & mass = out.heads;
+    mass.resize(layer_ids.size());
     std::deque<std::vector<uint32_t>> head_cells; // the cells of heads that hold a part of the sequence
     std::map<ggml_backend_dev_t, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>> on_device;
     for (size_t li = 0; li < layer_ids.size(); ++li) {
@@ -497,7 +506,8 @@ std::vector<std::vector<std::vector<float>>> window_masses(
         const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
         for (int64_t h = 0; h < n_head_kv; ++h) {
             if (scored[li][h]) {
-                mass[li][h] = attention_mass(window_q, hp, il, h, k, pos, *held[li][h]);
+                const auto & m = out.host.emplace_back(attention_mass(window_q, hp, il, h, k, pos, *held[li][h]));
+                mass[li][h] = { m.data(), m.size() };
             }
         }
     }
@@ -507,7 +517,7 @@ std::vector<std::vector<std::vector<float>>> window_masses(
             mass[group.first[i]] = std::move(res[i]);
         }
     }
-    return mass;
+    return out;
 }
 
 // compact_storage for the K and V storage of every layer, src[li][h] the cells head h keeps: on each
@@ -623,7 +633,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         return (int32_t) n; // every head keeps what it holds
     }
     timer.step("plan");
-    std::vector<std::vector<std::vector<float>>> mass;
+    window_mass mass;
     try {
         mass = window_masses(st, kv, hp, layer_ids, stream, cells, pos, held, scored);
         timer.step("scores");
@@ -652,7 +662,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
             out.assign(hh.begin(), hh.begin() + sinks);
             out.insert(out.end(), hh.end() - (b - sinks), hh.end());
         } else {
-            const auto score = pool_prefix(mass[li][h], n_h - wq, p.pool_kernel);
+            const auto score = pool_prefix(mass.heads[li][h], n_h - wq, p.pool_kernel);
             for (uint32_t k : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(hh[k]);
         }
     });
@@ -895,7 +905,7 @@ int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std:
     const int64_t n_head_kv = hp.n_head_kv(il);
     const std::vector<std::vector<const std::vector<uint32_t> *>> held = { std::vector<const std::vector<uint32_t> *>(n_head_kv, &every_token) };
     const std::vector<std::vector<char>> scored = { std::vector<char>(n_head_kv, 1) };
-    std::vector<std::vector<std::vector<float>>> mass;
+    window_mass mass;
     try {
         mass = window_masses(*st, kv, hp, { (uint32_t) il }, stream, cells, pos, held, scored);
     } catch (const std::exception & e) {
@@ -903,9 +913,9 @@ int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std:
         return LLAMA_UNCOMP_ERR_DEVICE;
     }
     std::vector<float> total(n, 0.0f);
-    for (const auto & head : mass[0]) {
+    for (const auto & head : mass.heads[0]) {
         for (int64_t i = 0; i < n; ++i) total[i] += head[i];
     }
-    kept = select_kept(pool_prefix(total, n - wq, st->params.pool_kernel), n, wq, n_keep, st->params.n_sink);
+    kept = select_kept(pool_prefix({ total.data(), total.size() }, n - wq, st->params.pool_kernel), n, wq, n_keep, st->params.n_sink);
     return 0;
 }

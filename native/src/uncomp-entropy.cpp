@@ -172,7 +172,7 @@ int32_t llama_uncomp_key_entropy(
     struct head_task {
         int64_t n_rows;
         int     head_dim;
-        const std::vector<double> * gram;
+        const uncomp_values * gram;
         const float * rows;
         int64_t stride;
     };
@@ -221,7 +221,7 @@ int32_t llama_uncomp_key_entropy(
         }
     }
     timer.step("plan");
-    std::vector<std::vector<std::vector<double>>> grams;
+    uncomp_step_values grams;
     if (dev != nullptr) {
         try {
             grams = dev->key_gram(device_cells);
@@ -240,7 +240,7 @@ int32_t llama_uncomp_key_entropy(
         if (t.n_rows <= 0) {
             out[i] = 0.0f;
         } else if (t.gram != nullptr) {
-            std::vector<double> a = *t.gram;
+            std::vector<double> a(t.gram->begin(), t.gram->end());
             out[i] = entropy_of_gram(a, t.n_rows, t.head_dim, k_trunc);
         } else {
             out[i] = uncomp_truncated_entropy(t.rows, t.n_rows, t.stride, t.head_dim, k_trunc);

@@ -53,7 +53,10 @@ thread_local bool t_in_hook = false;
 void write_bias_stream(const head_bias & bias, int64_t stream, const std::vector<uint32_t> & start) {
     const int64_t kv_size = bias.t->ne[0];
     const int64_t n_head  = bias.t->ne[2];
-    std::vector<ggml_fp16_t> rows((size_t) (kv_size * n_head), ggml_fp32_to_fp16(0.0f));
+    // kept between calls: a compression writes every layer's rows (MiBs each), and fresh memory for each
+    // would be touched page by page
+    static std::vector<ggml_fp16_t> rows;
+    rows.assign((size_t) (kv_size * n_head), ggml_fp32_to_fp16(0.0f));
     const ggml_fp16_t masked = ggml_fp32_to_fp16(-INFINITY);
     const int64_t gqa = start.empty() ? 1 : n_head / (int64_t) start.size();
     for (int64_t h = 0; h < n_head && !start.empty(); ++h) {

@@ -65,9 +65,13 @@ std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id s
         return rows;
     }
     const std::vector<uint32_t> start = uncomp_layout_get(cache, il, cache->get_stream(seq_id));
+    if (start.empty()) { // every head holds every cell: no walk over a long prompt's cells
+        rows.assign(n_head_kv, cells_of_seq(cache, seq_id));
+        return rows;
+    }
     for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) {
         for (int32_t h = 0; h < n_head_kv; ++h) {
-            rows[h] += start.empty() || pc.second >= start[h] ? 1 : 0;
+            rows[h] += pc.second >= start[h] ? 1 : 0;
         }
     }
     return rows;
