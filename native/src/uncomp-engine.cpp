@@ -273,10 +273,10 @@ std::vector<float> attention_mass(const std::vector<std::vector<float>> & rows, 
 }
 
 // SnapKV's score of each of the n_prefix tokens before the window: its attention mass average-pooled
-// (kernel k, zero padding k/2, stride 1)
-std::vector<float> pool_prefix(const uncomp_values & mass, int64_t n_prefix, int32_t pool_kernel) {
+// (kernel k, zero padding k/2, stride 1), into `pooled` (the caller's buffer, reused across heads)
+void pool_prefix(const uncomp_values & mass, int64_t n_prefix, int32_t pool_kernel, std::vector<float> & pooled) {
     const int64_t half = pool_kernel / 2;
-    std::vector<float> pooled(n_prefix);
+    pooled.resize(n_prefix);
     for (int64_t j = 0; j < n_prefix; ++j) {
         float acc = 0.0f;
         for (int64_t o = -half; o <= half; ++o) {
@@ -285,7 +285,6 @@ std::vector<float> pool_prefix(const uncomp_values & mass, int64_t n_prefix, int
         }
         pooled[j] = acc / (float) pool_kernel;
     }
-    return pooled;
 }
 
 // indices (into the sequence's token list) kept by one head: the top (budget - w) prefix tokens by
@@ -294,11 +293,14 @@ std::vector<uint32_t> select_kept(const std::vector<float> & score, int64_t n, i
     std::vector<uint32_t> kept;
     const int64_t n_prefix = n - w;
     const int64_t sinks = std::min<int64_t>(n_sink, n_prefix);
-    std::vector<uint32_t> order(n_prefix - sinks);
+    // one per selecting thread, reused: a head's candidates are a whole long prompt
+    thread_local std::vector<uint32_t> order;
+    order.resize(n_prefix - sinks);
     std::iota(order.begin(), order.end(), (uint32_t) sinks);
     const int64_t n_top = std::max<int64_t>(0, budget - w - sinks);
     std::nth_element(order.begin(), order.begin() + n_top, order.end(),
                      [&](uint32_t a, uint32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
+    kept.reserve(budget);
     for (int64_t i = 0; i < sinks; ++i) kept.push_back((uint32_t) i);
     kept.insert(kept.end(), order.begin(), order.begin() + n_top);
     std::sort(kept.begin() + sinks, kept.end());
@@ -662,7 +664,9 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
             out.assign(hh.begin(), hh.begin() + sinks);
             out.insert(out.end(), hh.end() - (b - sinks), hh.end());
         } else {
-            const auto score = pool_prefix(mass.heads[li][h], n_h - wq, p.pool_kernel);
+            thread_local std::vector<float> score;
+            pool_prefix(mass.heads[li][h], n_h - wq, p.pool_kernel, score);
+            out.reserve(b);
             for (uint32_t k : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(hh[k]);
         }
     });
@@ -916,6 +920,8 @@ int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std:
     for (const auto & head : mass.heads[0]) {
         for (int64_t i = 0; i < n; ++i) total[i] += head[i];
     }
-    kept = select_kept(pool_prefix({ total.data(), total.size() }, n - wq, st->params.pool_kernel), n, wq, n_keep, st->params.n_sink);
+    std::vector<float> score;
+    pool_prefix({ total.data(), total.size() }, n - wq, st->params.pool_kernel, score);
+    kept = select_kept(score, n, wq, n_keep, st->params.n_sink);
     return 0;
 }

@@ -240,7 +240,8 @@ int32_t llama_uncomp_key_entropy(
         if (t.n_rows <= 0) {
             out[i] = 0.0f;
         } else if (t.gram != nullptr) {
-            std::vector<double> a(t.gram->begin(), t.gram->end());
+            thread_local std::vector<double> a; // one per thread, reused across its heads
+            a.assign(t.gram->begin(), t.gram->end());
             out[i] = entropy_of_gram(a, t.n_rows, t.head_dim, k_trunc);
         } else {
             out[i] = uncomp_truncated_entropy(t.rows, t.n_rows, t.stride, t.head_dim, k_trunc);
