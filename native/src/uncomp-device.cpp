@@ -316,10 +316,14 @@ uncomp_step_values uncomp_device::attention_mass(const std::vector<uncomp_score_
 
 uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
     uncomp_step_timer timer("gram");
-    int64_t n_ones = 0; // the most rows a mean or a sum of chunks reads
+    int64_t n_ones = 0; // the most ones a mean reads: rows × heads of one unit_gram (a sum of chunks reads fewer)
     for (const auto & j : jobs) {
+        if (shares_cells(j)) {
+            n_ones = std::max<int64_t>(n_ones, (int64_t) (j.cells[0]->size() * j.cells.size()));
+            continue;
+        }
         for (const auto * c : j.cells) {
-            if (takes_part(c)) n_ones = std::max<int64_t>(n_ones, (int64_t) c->size() * (int64_t) j.cells.size());
+            if (takes_part(c)) n_ones = std::max<int64_t>(n_ones, (int64_t) c->size());
         }
     }
     const size_t n_nodes = 20 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
