@@ -133,20 +133,32 @@ ggml_tensor * sum_dim1(ggml_context * ctx, ggml_tensor * a, ggml_tensor * ones) 
 constexpr int64_t k_gram_chunk = 512;
 
 // Σ z zᵀ over the n rows of each head of k, z = the row centred over the n and scaled to unit norm:
-// k [head_dim, n, n_head] f32 -> [head_dim, head_dim, n_head]
+// k [head_dim, n_head, n] f32 (a get_rows of cache rows as they are, every head's slice of a row
+// together) -> [head_dim, head_dim, n_head]. The products read the rows in place through strided views
+// (no copy per head, no zero padding of the last chunk), and the 1/head_dim of the unit norm is applied
+// once to the d×d results instead of to every row.
 ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones) {
-    const int64_t d = k->ne[0], n = k->ne[1], n_head = k->ne[2];
-    ggml_tensor * mean = ggml_scale(ctx, sum_dim1(ctx, k, ones), 1.0f / (float) n); // [d, 1, n_head]
-    ggml_tensor * z = ggml_sub(ctx, k, mean);
-    // unit rows: rms_norm gives rms 1, i.e. norm sqrt(d); a zero row stays zero
-    z = ggml_scale(ctx, ggml_rms_norm(ctx, z, 1e-30f), 1.0f / std::sqrt((float) d));
-    const int64_t chunks = (n + k_gram_chunk - 1) / k_gram_chunk;
-    if (chunks * k_gram_chunk != n) {
-        z = ggml_pad(ctx, z, 0, (int) (chunks * k_gram_chunk - n), 0, 0); // zero rows add nothing
+    const int64_t d = k->ne[0], n_head = k->ne[1], n = k->ne[2];
+    ggml_tensor * sum = sum_dim1(ctx, ggml_reshape_3d(ctx, k, d * n_head, n, 1), ones);       // [d * n_head, 1, 1]
+    ggml_tensor * mean = ggml_scale(ctx, ggml_reshape_3d(ctx, sum, d, n_head, 1), 1.0f / (float) n);
+    // rms_norm gives rms 1, i.e. norm sqrt(d); a zero row stays zero
+    ggml_tensor * z = ggml_rms_norm(ctx, ggml_sub(ctx, k, mean), 1e-30f);                    // [d, n_head, n]
+    const size_t  row = z->nb[2]; // one token: every head's d values
+    // rows [first, first + rows * chunks) of each head as [d, rows, chunks, n_head] -> Σ over the rows
+    auto gram_of = [&](int64_t first, int64_t rows, int64_t chunks) {
+        ggml_tensor * v = ggml_view_4d(ctx, z, d, rows, chunks, n_head, row, rows * row, z->nb[1], first * row);
+        return ggml_out_prod(ctx, v, v);                                                      // [d, d, chunks, n_head]
+    };
+    const int64_t chunks = n / k_gram_chunk, rest = n % k_gram_chunk;
+    ggml_tensor * g = nullptr;
+    if (chunks > 0) {
+        g = sum_dim1(ctx, ggml_reshape_3d(ctx, gram_of(0, k_gram_chunk, chunks), d * d, chunks, n_head), ones);
     }
-    z = ggml_reshape_3d(ctx, z, d, k_gram_chunk, chunks * n_head);
-    ggml_tensor * g = ggml_out_prod(ctx, z, z);                               // [d, d, chunks * n_head]
-    return ggml_reshape_3d(ctx, sum_dim1(ctx, ggml_reshape_3d(ctx, g, d * d, chunks, n_head), ones), d, d, n_head);
+    if (rest > 0) {
+        ggml_tensor * last = ggml_reshape_3d(ctx, gram_of(chunks * k_gram_chunk, rest, 1), d * d, 1, n_head);
+        g = g == nullptr ? last : ggml_add(ctx, g, last);
+    }
+    return ggml_reshape_3d(ctx, ggml_scale(ctx, g, 1.0f / (float) d), d, d, n_head);
 }
 
 // the column of ones sum_dim1 reads, [n] f32, set after allocation
@@ -316,14 +328,18 @@ uncomp_step_values uncomp_device::attention_mass(const std::vector<uncomp_score_
 
 uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
     uncomp_step_timer timer("gram");
-    int64_t n_ones = 0; // the most ones a mean reads: rows × heads of one unit_gram (a sum of chunks reads fewer)
+    // the most ones a sum reads: a mean reads one per row, a sum of chunks one per chunk and head
+    int64_t n_ones = 0;
+    auto need_ones = [&](int64_t n, int64_t n_head) {
+        n_ones = std::max({ n_ones, n, (n / k_gram_chunk) * n_head });
+    };
     for (const auto & j : jobs) {
         if (shares_cells(j)) {
-            n_ones = std::max<int64_t>(n_ones, (int64_t) (j.cells[0]->size() * j.cells.size()));
+            need_ones((int64_t) j.cells[0]->size(), (int64_t) j.cells.size());
             continue;
         }
         for (const auto * c : j.cells) {
-            if (takes_part(c)) n_ones = std::max<int64_t>(n_ones, (int64_t) c->size());
+            if (takes_part(c)) need_ones((int64_t) c->size(), 1);
         }
     }
     const size_t n_nodes = 20 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
@@ -340,7 +356,9 @@ uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> 
         if (shares_cells(j)) {
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer
             const int64_t n_head_kv = (int64_t) j.cells.size();
-            ggml_tensor * k = shared_rows(ctx, j, cells.add(ctx, j.cells[0]));        // [head_dim, n, n_head_kv]
+            ggml_tensor * idx = cells.add(ctx, j.cells[0]);
+            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_get_rows(ctx, stream_rows(ctx, j.storage, j.stream), idx),
+                                              head_dim, n_head_kv, idx->ne[0]);          // [head_dim, n_head_kv, n]
             gram.add_heads(l, unit_gram(ctx, k, ones.t), n_head_kv);                  // [head_dim, head_dim, n_head_kv]
             continue;
         }
@@ -350,7 +368,7 @@ uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> 
             }
             ggml_tensor * k = ggml_get_rows(ctx, head_rows(ctx, j.storage, j.stream, head_dim, (int64_t) h),
                                             cells.add(ctx, j.cells[h]));             // [head_dim, n_h]
-            gram.add(l, h, unit_gram(ctx, ggml_reshape_3d(ctx, k, head_dim, k->ne[1], 1), ones.t));
+            gram.add(l, h, unit_gram(ctx, ggml_reshape_3d(ctx, k, head_dim, 1, k->ne[1]), ones.t));
         }
     }
     gram.pack(ctx, gf);
