@@ -123,21 +123,20 @@ def test_layers_spanning_different_rows_decode_a_token_as_a_batch_does(smollm2_p
     # uncomp's layer pyramid at a larger ratio: layers' first held rows lie whole 256-row tiles apart, so
     # each layer's attention views its own rows and mask; a chunk evaluated token by token (the decode
     # path) must give the logits the same chunk gives as one batch
+    import sys
+    from pathlib import Path
+
     import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from chunk_probe import chunk_logits
 
     llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="uncomp", ratio=0.3, flash_attn=True, shrink_cache=False,
                          verbose=False)
     llm.eval(llm.tokenize(passkey_prompt(90, 0.5, "97531").encode()))
     first_rows = {int(start.min()) // 256 for start in llm._head_starts().values()}
     assert len(first_rows) > 1, first_rows
-    state = llm.save_state()
-    chunk = llm.tokenize(b" Say it again: the pass key is", add_bos=False)
-    llm.eval(chunk)
-    batched = llm._last_logits().copy()
-    llm.load_state(state)
-    for token in chunk:
-        llm.eval([token])
-    single = llm._last_logits().copy()
+    batched, single = chunk_logits(llm, llm.tokenize(b" Say it again: the pass key is", add_bos=False))
     llm.close()
     assert np.all(np.isfinite(single)) and batched.argmax() == single.argmax()
     np.testing.assert_allclose(single, batched, atol=1e-3)

@@ -21,6 +21,18 @@ from compress_probe import CACHES, PROMPT  # the same prompt and cache settings 
 CHUNK = " 48213. Good. Now tell me about the fox, the dog, the grass and the sky, and then the number again:"
 
 
+def chunk_logits(llm, chunk):
+    """(batched, single): the last logits of `chunk` evaluated after llm's current state as one batch,
+    then from the same state token by token."""
+    state = llm.save_state()
+    llm.eval(chunk)
+    batched = llm._last_logits().copy()
+    llm.load_state(state)
+    for token in chunk:
+        llm.eval([token])
+    return batched, llm._last_logits().copy()
+
+
 def batched_vs_single(args, method):
     """(correlation, max |diff|, same argmax, tokens kept per head) of the chunk's last logits."""
     cache = {"flash_attn": True, **CACHES[args.cache]}
@@ -28,14 +40,7 @@ def batched_vs_single(args, method):
                          n_gpu_layers=args.n_gpu_layers, shrink_cache=False, seed=0, verbose=False, **cache)
     llm.eval(llm.tokenize(PROMPT.encode()))
     kept = llm.compression_stats()["tokens_kept"]
-    state = llm.save_state()
-    chunk = llm.tokenize(CHUNK.encode(), add_bos=False)
-    llm.eval(chunk)
-    batched = llm._last_logits().copy()
-    llm.load_state(state)
-    for token in chunk:
-        llm.eval([token])
-    single = llm._last_logits().copy()
+    batched, single = chunk_logits(llm, llm.tokenize(CHUNK.encode(), add_bos=False))
     llm.close()
     finite = np.all(np.isfinite(batched)) and np.all(np.isfinite(single))
     corr = float(np.corrcoef(batched, single)[0, 1]) if finite else float("nan")
