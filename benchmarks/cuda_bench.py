@@ -36,21 +36,22 @@ def open_llama(model, n_ctx, method, ratio, cache, n_batch=2048, **extra):
                           **CACHE_TYPES[cache], **extra)
 
 
-def decode_rate(llm, n_gen):
-    """tokens/s of n_gen single-token llama_decode calls, as llama-bench's tg (no sampling)."""
+def decode_tokens(llm, n):
+    """n single-token llama_decode calls (token 1000, no sampling), as llama-bench's tg; waits for the device."""
     ctx = llm._ctx.ctx
     token = (llama_cpp.llama_token * 1)(1000)
     batch = llama_cpp.llama_batch_get_one(token, 1)
+    for _ in range(n):
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+    llama_cpp.llama_synchronize(ctx)
 
-    def decode(n):
-        for _ in range(n):
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
-        llama_cpp.llama_synchronize(ctx)
 
-    decode(4)
+def decode_rate(llm, n_gen):
+    """tokens/s of n_gen single-token llama_decode calls, as llama-bench's tg (no sampling)."""
+    decode_tokens(llm, 4)
     t0 = time.perf_counter()
-    decode(n_gen)
+    decode_tokens(llm, n_gen)
     return n_gen / (time.perf_counter() - t0)
 
 

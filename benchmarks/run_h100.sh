@@ -18,7 +18,7 @@
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
 #   - DECODE_KERNELS="DEPTH RATIO": one decoded token's kernels on the 8B shape, stock, snapkv and uncomp,
-#     under Nsight Compute (tools/decode_kernels.py), summed per kernel into $OUT/decode_kernels.txt;
+#     under Nsight Compute (benchmarks/decode_kernels.py), summed per kernel into $OUT/decode_kernels.txt;
 #   - benchmarks/cuda_bench.py on a Llama-3-8B-shaped random Q4_0 GGUF written here, when given args.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -81,10 +81,10 @@ if [ -n "${DECODE_KERNELS:-}" ]; then
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
     for m in full snapkv uncomp; do
         "$NCU" --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
-            --log-file /tmp/kernels_$m.csv python3 tools/decode_kernels.py /tmp/llama8b.gguf --depth "$depth" \
+            --log-file /tmp/kernels_$m.csv python3 benchmarks/decode_kernels.py /tmp/llama8b.gguf --depth "$depth" \
             --ratio "$ratio" --method $m >/dev/null || echo "ncu on $m failed"
     done
-    python3 tools/decode_kernels.py --summary /tmp/kernels_*.csv | tee "$OUT/decode_kernels.txt"
+    python3 benchmarks/decode_kernels.py --summary /tmp/kernels_*.csv | tee "$OUT/decode_kernels.txt"
 fi
 
 if [ $# -gt 0 ]; then

@@ -1,12 +1,13 @@
 """Where one decoded token's GPU time goes, per kernel (run under Nsight Compute).
 
     ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
-        --log-file uncomp.csv python tools/decode_kernels.py MODEL.gguf --depth 8192 --method uncomp
-    python tools/decode_kernels.py --summary full.csv snapkv.csv uncomp.csv
+        --log-file uncomp.csv python benchmarks/decode_kernels.py MODEL.gguf --depth 8192 --method uncomp
+    python benchmarks/decode_kernels.py --summary full.csv snapkv.csv uncomp.csv
 
-It evaluates one prompt of --depth tokens (flash attention, every layer on the GPU), compresses it at
---ratio, decodes --warm tokens untimed (CUDA graphs settle), then profiles exactly --tokens
-single-token llama_decode calls between cuProfilerStart and cuProfilerStop. --summary sums
+It evaluates one prompt of --depth tokens with cuda_bench.py's prompt and settings (flash attention,
+f16 cache, every layer on the GPU), compresses it at --ratio, decodes --warm tokens untimed (CUDA graphs
+settle), then profiles exactly --tokens single-token llama_decode calls (cuda_bench.py's decode) between
+cuProfilerStart and cuProfilerStop. --summary sums
 gpu__time_duration per kernel name, one table per log (named by its file).
 """
 
@@ -19,26 +20,16 @@ from collections import defaultdict
 
 
 def profile(args):
-    import pyuncomp  # first: it loads pyuncomp's libllama  # noqa: I001
-    from pyuncomp._native import llama_cpp
+    from cuda_bench import decode_tokens, open_llama, prompt_tokens  # beside this file; loads pyuncomp's libllama first
 
-    cuda = ctypes.CDLL("libcuda.so.1")
-    tokens = [1] + [(7 * i) % 31000 + 100 for i in range(args.depth - 1)]
-    llm = pyuncomp.Llama(args.model, n_ctx=args.depth + 512, n_batch=2048, n_ubatch=512, n_gpu_layers=-1,
-                         flash_attn=True, method=args.method, ratio=1.0 if args.method == "full" else args.ratio,
-                         auto_compress=False, shrink_cache=False, verbose=False)
-    llm.eval(tokens)
+    llm = open_llama(args.model, args.depth + 512, args.method, 1.0 if args.method == "full" else args.ratio, "f16",
+                     shrink_cache=False)
+    llm.eval(prompt_tokens(args.depth))
     llm.compress()
-    ctx = llm._ctx.ctx
-    token = (llama_cpp.llama_token * 1)(1000)
-    batch = llama_cpp.llama_batch_get_one(token, 1)
-    for _ in range(args.warm):
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-    llama_cpp.llama_synchronize(ctx)
+    decode_tokens(llm, args.warm)
+    cuda = ctypes.CDLL("libcuda.so.1")
     cuda.cuProfilerStart()
-    for _ in range(args.tokens):
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-    llama_cpp.llama_synchronize(ctx)
+    decode_tokens(llm, args.tokens)
     cuda.cuProfilerStop()
     llm.close()
 
