@@ -141,8 +141,10 @@ ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones)
     const int64_t d = k->ne[0], n_head = k->ne[1], n = k->ne[2];
     ggml_tensor * sum = sum_dim1(ctx, ggml_reshape_3d(ctx, k, d * n_head, n, 1), ones);       // [d * n_head, 1, 1]
     ggml_tensor * mean = ggml_scale(ctx, ggml_reshape_3d(ctx, sum, d, n_head, 1), 1.0f / (float) n);
-    // rms_norm gives rms 1, i.e. norm sqrt(d); a zero row stays zero
-    ggml_tensor * z = ggml_rms_norm(ctx, ggml_sub(ctx, k, mean), 1e-30f);                    // [d, n_head, n]
+    // rms_norm gives rms 1, i.e. norm sqrt(d); a zero row stays zero. Over [d, n_head * n] rows: CUDA's
+    // kernel puts dimension 2 on the grid's y, which stops at 65535 (a 64k prompt aborted)
+    ggml_tensor * z = ggml_reshape_3d(ctx, ggml_rms_norm(ctx, ggml_reshape_2d(ctx, ggml_sub(ctx, k, mean), d, n_head * n), 1e-30f),
+                                      d, n_head, n);                                          // [d, n_head, n]
     const size_t  row = z->nb[2]; // one token: every head's d values
     // rows [first, first + rows * chunks) of each head as [d, rows, chunks, n_head] -> Σ over the rows
     auto gram_of = [&](int64_t first, int64_t rows, int64_t chunks) {
