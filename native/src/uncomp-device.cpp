@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace {
 
@@ -65,16 +67,53 @@ uncomp_device::uncomp_device(const ggml_tensor * storage) {
     host_buft = ggml_backend_dev_host_buffer_type(dev);
 }
 
+namespace {
+
+// The largest staging buffer a freed uncomp_device left, per host buffer type, for the next one: pinned
+// memory is slow to get (a 32k prompt's 32 MB of scores cost ~18 ms to allocate on an H200 host, 4x the
+// copy), and a server makes a context per session. Never destroyed, like the layouts' biases: a buffer
+// still held at exit must not be freed after the device's runtime has shut down.
+std::mutex g_staging_mutex;
+auto & g_spare_staging = *new std::unordered_map<ggml_backend_buffer_type_t, ggml_backend_buffer_t>();
+
+// hands a buffer to the pool; the pool keeps the larger of it and the one it has
+void return_staging(ggml_backend_buffer_t buf) {
+    if (buf == nullptr) {
+        return;
+    }
+    std::lock_guard<std::mutex> lock(g_staging_mutex);
+    ggml_backend_buffer_t & spare = g_spare_staging[ggml_backend_buffer_get_type(buf)];
+    if (spare != nullptr && ggml_backend_buffer_get_size(spare) >= ggml_backend_buffer_get_size(buf)) {
+        ggml_backend_buffer_free(buf);
+        return;
+    }
+    ggml_backend_buffer_free(spare);
+    spare = buf;
+}
+
+// the pool's buffer of a type when it holds at least `bytes`, else nullptr
+ggml_backend_buffer_t take_staging(ggml_backend_buffer_type_t buft, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_staging_mutex);
+    auto it = g_spare_staging.find(buft);
+    if (it == g_spare_staging.end() || it->second == nullptr || ggml_backend_buffer_get_size(it->second) < bytes) {
+        return nullptr;
+    }
+    return std::exchange(it->second, nullptr);
+}
+
+} // namespace
+
 float * uncomp_device::staging_for(int64_t n_values) {
     const size_t bytes = std::max<size_t>(1, (size_t) n_values * sizeof(float));
     if (staging == nullptr || ggml_backend_buffer_get_size(staging) < bytes) {
-        ggml_backend_buffer_free(staging);
-        staging = nullptr;
-        if (host_buft != nullptr) {
-            staging = ggml_backend_buft_alloc_buffer(host_buft, bytes);
-        }
-        if (staging == nullptr) {
-            staging = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), bytes);
+        return_staging(std::exchange(staging, nullptr));
+        for (ggml_backend_buffer_type_t buft : { host_buft, ggml_backend_cpu_buffer_type() }) {
+            if (buft != nullptr && staging == nullptr) {
+                staging = take_staging(buft, bytes);
+            }
+            if (buft != nullptr && staging == nullptr) {
+                staging = ggml_backend_buft_alloc_buffer(buft, bytes);
+            }
         }
         if (staging == nullptr) {
             throw std::runtime_error("uncomp: out of host memory for a compression step's results");
@@ -84,7 +123,7 @@ float * uncomp_device::staging_for(int64_t n_values) {
 }
 
 uncomp_device::~uncomp_device() {
-    ggml_backend_buffer_free(staging);
+    return_staging(staging);
     ggml_gallocr_free(galloc);
     ggml_backend_free(backend);
 }
@@ -128,15 +167,12 @@ ggml_tensor * sum_dim1(ggml_context * ctx, ggml_tensor * a, ggml_tensor * ones) 
     return ggml_out_prod(ctx, a, col);
 }
 
-// rows a Gram product sums at a time: many short products keep the device busy where one per head over
-// a long prompt would be a few long ones
-constexpr int64_t k_gram_chunk = 512;
-
 // Σ z zᵀ over the n rows of each head of k, z = the row centred over the n and scaled to unit norm:
 // k [head_dim, n_head, n] f32 (a get_rows of cache rows as they are, every head's slice of a row
-// together) -> [head_dim, head_dim, n_head]. The products read the rows in place through strided views
-// (no copy per head, no zero padding of the last chunk), and the 1/head_dim of the unit norm is applied
-// once to the d×d results instead of to every row.
+// together) -> [head_dim, head_dim, n_head]. The product is one matrix multiplication per head over
+// all n rows, its inputs in f16 so that tensor cores take it (f32 products of 512-row chunks were 26 ms
+// of a 32k prompt on an H200), accumulated in f32. The 1/head_dim of the unit norm is applied once to
+// the d×d results instead of to every row.
 ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones) {
     const int64_t d = k->ne[0], n_head = k->ne[1], n = k->ne[2];
     ggml_tensor * sum = sum_dim1(ctx, ggml_reshape_3d(ctx, k, d * n_head, n, 1), ones);       // [d * n_head, 1, 1]
@@ -145,22 +181,11 @@ ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones)
     // kernel puts dimension 2 on the grid's y, which stops at 65535 (a 64k prompt aborted)
     ggml_tensor * z = ggml_reshape_3d(ctx, ggml_rms_norm(ctx, ggml_reshape_2d(ctx, ggml_sub(ctx, k, mean), d, n_head * n), 1e-30f),
                                       d, n_head, n);                                          // [d, n_head, n]
-    const size_t  row = z->nb[2]; // one token: every head's d values
-    // rows [first, first + rows * chunks) of each head as [d, rows, chunks, n_head] -> Σ over the rows
-    auto gram_of = [&](int64_t first, int64_t rows, int64_t chunks) {
-        ggml_tensor * v = ggml_view_4d(ctx, z, d, rows, chunks, n_head, row, rows * row, z->nb[1], first * row);
-        return ggml_out_prod(ctx, v, v);                                                      // [d, d, chunks, n_head]
-    };
-    const int64_t chunks = n / k_gram_chunk, rest = n % k_gram_chunk;
-    ggml_tensor * g = nullptr;
-    if (chunks > 0) {
-        g = sum_dim1(ctx, ggml_reshape_3d(ctx, gram_of(0, k_gram_chunk, chunks), d * d, chunks, n_head), ones);
-    }
-    if (rest > 0) {
-        ggml_tensor * last = ggml_reshape_3d(ctx, gram_of(chunks * k_gram_chunk, rest, 1), d * d, 1, n_head);
-        g = g == nullptr ? last : ggml_add(ctx, g, last);
-    }
-    return ggml_reshape_3d(ctx, ggml_scale(ctx, g, 1.0f / (float) d), d, d, n_head);
+    // the rows along dimension 0, as a matrix product reads them: [n, d, n_head] f16 (values of rms 1)
+    ggml_tensor * zt = ggml_cpy(ctx, ggml_permute(ctx, z, 1, 2, 0, 3), ggml_new_tensor_3d(ctx, GGML_TYPE_F16, n, d, n_head));
+    ggml_tensor * g = ggml_mul_mat(ctx, zt, zt);                                             // [d, d, n_head]
+    ggml_mul_mat_set_prec(g, GGML_PREC_F32); // sums of up to n products: f16 accumulation would overflow
+    return ggml_scale(ctx, g, 1.0f / (float) d);
 }
 
 // the column of ones sum_dim1 reads, [n] f32, set after allocation
@@ -330,18 +355,11 @@ uncomp_step_values uncomp_device::attention_mass(const std::vector<uncomp_score_
 
 uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
     uncomp_step_timer timer("gram");
-    // the most ones a sum reads: a mean reads one per row, a sum of chunks one per chunk and head
+    // the most ones a sum reads: a key mean reads one per row
     int64_t n_ones = 0;
-    auto need_ones = [&](int64_t n, int64_t n_head) {
-        n_ones = std::max({ n_ones, n, (n / k_gram_chunk) * n_head });
-    };
     for (const auto & j : jobs) {
-        if (shares_cells(j)) {
-            need_ones((int64_t) j.cells[0]->size(), (int64_t) j.cells.size());
-            continue;
-        }
         for (const auto * c : j.cells) {
-            if (takes_part(c)) need_ones((int64_t) c->size(), 1);
+            if (takes_part(c)) n_ones = std::max(n_ones, (int64_t) c->size());
         }
     }
     const size_t n_nodes = 20 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
