@@ -417,7 +417,8 @@ class Llama(llama_cpp.Llama):
         compressible = [s for s in stats if not s["is_swa"]]
         layers = [LayerInfo(il=s["il"], n_head_kv=s["n_head_kv"]) for s in compressible]
         if self.policy.needs_entropy:
-            self._entropy = [e for s, e in zip(stats, self._key_entropy(stats, 32, seq_id)) if not s["is_swa"]]
+            entropy = self._key_entropy(stats, 32, seq_id, for_compress=True)
+            self._entropy = [e for s, e in zip(stats, entropy) if not s["is_swa"]]
             layers = [LayerInfo(layer.il, layer.n_head_kv, e) for layer, e in zip(layers, self._entropy)]
         held = max(s["n_cells"] for s in compressible)
         held_per_head = [self._tokens_kept(s["il"], s["n_head_kv"], seq_id) for s in compressible]
@@ -433,10 +434,12 @@ class Llama(llama_cpp.Llama):
         _check(lib.llama_uncomp_tokens_kept(self._ctx_ptr(), seq_id, layer, ffi.cast("int32_t *", out.ctypes.data), n_head_kv))
         return out
 
-    def _key_entropy(self, stats: list, k: int, seq_id: int) -> list:
-        """Each cache layer's KV-head key entropies (one native call for all layers)."""
+    def _key_entropy(self, stats: list, k: int, seq_id: int, for_compress: bool = False) -> list:
+        """Each cache layer's KV-head key entropies (one native call for all layers). for_compress: the
+        compression of seq_id follows at once (the engine starts its scoring on the device meanwhile)."""
         out = np.empty(sum(s["n_head_kv"] for s in stats), dtype=np.float32)
-        _check(lib.llama_uncomp_key_entropy(self._ctx_ptr(), seq_id, k, ffi.cast("float *", out.ctypes.data), out.size))
+        entropy = lib.llama_uncomp_key_entropy_for_compress if for_compress else lib.llama_uncomp_key_entropy
+        _check(entropy(self._ctx_ptr(), seq_id, k, ffi.cast("float *", out.ctypes.data), out.size))
         return np.split(out, np.cumsum([s["n_head_kv"] for s in stats])[:-1])
 
     def save_state(self):

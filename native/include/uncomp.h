@@ -94,6 +94,17 @@ LLAMA_API int32_t llama_uncomp_key_entropy(
                            float * out,
                          int64_t   n_max);
 
+// llama_uncomp_key_entropy for a compression of seq_id that follows at once (a policy turns the entropy
+// into budgets): on a GPU cache it also starts that compression's window scoring on the device, which
+// then runs while the host solves the eigenvalues. llama_uncomp_compress_budgets uses those scores when
+// the sequence's cells and window queries have not changed since; otherwise it scores again.
+LLAMA_API int32_t llama_uncomp_key_entropy_for_compress(
+        const struct llama_context * ctx,
+                    llama_seq_id   seq_id,
+                         int32_t   k_trunc,
+                           float * out,
+                         int64_t   n_max);
+
 //
 // Compression engine. Attach parameters to a context, observe the prompt's evaluation (it records
 // each layer's last `window` post-RoPE queries), then compress a sequence: each KV head of each layer

@@ -103,27 +103,29 @@ ggml_backend_buffer_t take_staging(ggml_backend_buffer_type_t buft, size_t bytes
 
 } // namespace
 
-float * uncomp_device::staging_for(int64_t n_values) {
+float * uncomp_device::staging_for(int slot, int64_t n_values) {
     const size_t bytes = std::max<size_t>(1, (size_t) n_values * sizeof(float));
-    if (staging == nullptr || ggml_backend_buffer_get_size(staging) < bytes) {
-        return_staging(std::exchange(staging, nullptr));
+    ggml_backend_buffer_t & buf = staging[slot];
+    if (buf == nullptr || ggml_backend_buffer_get_size(buf) < bytes) {
+        return_staging(std::exchange(buf, nullptr));
         for (ggml_backend_buffer_type_t buft : { host_buft, ggml_backend_cpu_buffer_type() }) {
-            if (buft != nullptr && staging == nullptr) {
-                staging = take_staging(buft, bytes);
+            if (buft != nullptr && buf == nullptr) {
+                buf = take_staging(buft, bytes);
             }
-            if (buft != nullptr && staging == nullptr) {
-                staging = ggml_backend_buft_alloc_buffer(buft, bytes);
+            if (buft != nullptr && buf == nullptr) {
+                buf = ggml_backend_buft_alloc_buffer(buft, bytes);
             }
         }
-        if (staging == nullptr) {
+        if (buf == nullptr) {
             throw std::runtime_error("uncomp: out of host memory for a compression step's results");
         }
     }
-    return (float *) ggml_backend_buffer_get_base(staging);
+    return (float *) ggml_backend_buffer_get_base(buf);
 }
 
 uncomp_device::~uncomp_device() {
-    return_staging(staging);
+    settle();
+    for (ggml_backend_buffer_t buf : staging) return_staging(buf);
     ggml_gallocr_free(galloc);
     ggml_backend_free(backend);
 }
@@ -167,12 +169,19 @@ ggml_tensor * sum_dim1(ggml_context * ctx, ggml_tensor * a, ggml_tensor * ones) 
     return ggml_out_prod(ctx, a, col);
 }
 
+// rows a Gram product sums at a time, in the out_prod variant
+constexpr int64_t k_gram_chunk = 512;
+
+// EXPERIMENT (session 21, to be removed): which Gram product; UNCOMP_GRAM=outprod|mm32|mm16
+const char * gram_mode() {
+    static const char * mode = [] { const char * v = std::getenv("UNCOMP_GRAM"); return v ? v : "mm32"; }();
+    return mode;
+}
+
 // Σ z zᵀ over the n rows of each head of k, z = the row centred over the n and scaled to unit norm:
 // k [head_dim, n_head, n] f32 (a get_rows of cache rows as they are, every head's slice of a row
-// together) -> [head_dim, head_dim, n_head]. The product is one matrix multiplication per head over
-// all n rows, its inputs in f16 so that tensor cores take it (f32 products of 512-row chunks were 26 ms
-// of a 32k prompt on an H200), accumulated in f32. The 1/head_dim of the unit norm is applied once to
-// the d×d results instead of to every row.
+// together) -> [head_dim, head_dim, n_head]. The 1/head_dim of the unit norm is applied once to the d×d
+// results instead of to every row.
 ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones) {
     const int64_t d = k->ne[0], n_head = k->ne[1], n = k->ne[2];
     ggml_tensor * sum = sum_dim1(ctx, ggml_reshape_3d(ctx, k, d * n_head, n, 1), ones);       // [d * n_head, 1, 1]
@@ -181,10 +190,28 @@ ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones)
     // kernel puts dimension 2 on the grid's y, which stops at 65535 (a 64k prompt aborted)
     ggml_tensor * z = ggml_reshape_3d(ctx, ggml_rms_norm(ctx, ggml_reshape_2d(ctx, ggml_sub(ctx, k, mean), d, n_head * n), 1e-30f),
                                       d, n_head, n);                                          // [d, n_head, n]
-    // the rows along dimension 0, as a matrix product reads them: [n, d, n_head] f16 (values of rms 1)
-    ggml_tensor * zt = ggml_cpy(ctx, ggml_permute(ctx, z, 1, 2, 0, 3), ggml_new_tensor_3d(ctx, GGML_TYPE_F16, n, d, n_head));
-    ggml_tensor * g = ggml_mul_mat(ctx, zt, zt);                                             // [d, d, n_head]
-    ggml_mul_mat_set_prec(g, GGML_PREC_F32); // sums of up to n products: f16 accumulation would overflow
+    ggml_tensor * g = nullptr;
+    if (std::strcmp(gram_mode(), "outprod") == 0) {
+        const size_t  row = z->nb[2];
+        auto gram_of = [&](int64_t first, int64_t rows, int64_t chunks) {
+            ggml_tensor * v = ggml_view_4d(ctx, z, d, rows, chunks, n_head, row, rows * row, z->nb[1], first * row);
+            return ggml_out_prod(ctx, v, v);                                                  // [d, d, chunks, n_head]
+        };
+        const int64_t chunks = n / k_gram_chunk, rest = n % k_gram_chunk;
+        if (chunks > 0) {
+            g = sum_dim1(ctx, ggml_reshape_3d(ctx, gram_of(0, k_gram_chunk, chunks), d * d, chunks, n_head), ones);
+        }
+        if (rest > 0) {
+            ggml_tensor * last = ggml_reshape_3d(ctx, gram_of(chunks * k_gram_chunk, rest, 1), d * d, 1, n_head);
+            g = g == nullptr ? last : ggml_add(ctx, g, last);
+        }
+        g = ggml_reshape_3d(ctx, g, d, d, n_head);
+    } else {
+        const ggml_type type = std::strcmp(gram_mode(), "mm16") == 0 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+        ggml_tensor * zt = ggml_cpy(ctx, ggml_permute(ctx, z, 1, 2, 0, 3), ggml_new_tensor_3d(ctx, type, n, d, n_head));
+        g = ggml_mul_mat(ctx, zt, zt);                                                        // [d, d, n_head]
+        ggml_prec_set_acc(g, GGML_PREC_F32);
+    }
     return ggml_scale(ctx, g, 1.0f / (float) d);
 }
 
@@ -282,7 +309,41 @@ struct packed_outputs {
 
 } // namespace
 
+struct uncomp_device::pending_step {
+    ggml_context *      ctx = nullptr;
+    packed_outputs      mass;
+    std::vector<size_t> heads_of;
+
+    pending_step(ggml_context * ctx, packed_outputs mass, std::vector<size_t> heads_of)
+        : ctx(ctx), mass(std::move(mass)), heads_of(std::move(heads_of)) {}
+    ~pending_step() { ggml_free(ctx); }
+};
+
+void uncomp_device::settle() {
+    if (pending != nullptr) {
+        ggml_backend_synchronize(backend);
+        delete std::exchange(pending, nullptr);
+    }
+}
+
 uncomp_step_values uncomp_device::attention_mass(const std::vector<uncomp_score_job> & jobs) {
+    start_attention_mass(jobs);
+    return finish_attention_mass();
+}
+
+uncomp_step_values uncomp_device::finish_attention_mass() {
+    GGML_ASSERT(pending != nullptr && "uncomp: no scores started");
+    uncomp_step_timer timer("scores");
+    ggml_backend_synchronize(backend);
+    timer.step("compute");
+    auto out = pending->mass.read(pending->heads_of, staging_for(1, pending->mass.n_values));
+    timer.step("read");
+    delete std::exchange(pending, nullptr);
+    return out;
+}
+
+void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & jobs) {
+    settle();
     uncomp_step_timer timer("scores");
     size_t n_heads = 0;
     std::vector<size_t> heads_of(jobs.size());
@@ -345,21 +406,22 @@ uncomp_step_values uncomp_device::attention_mass(const std::vector<uncomp_score_
     cells.upload();
     ones.upload();
     timer.step("upload");
-    ggml_backend_graph_compute(backend, gf);
-    timer.step("compute");
-    auto out = mass.read(heads_of, staging_for(mass.n_values));
-    timer.step("read");
-    ggml_free(ctx);
-    return out;
+    if (ggml_backend_graph_compute_async(backend, gf) != GGML_STATUS_SUCCESS) {
+        ggml_free(ctx);
+        throw std::runtime_error("uncomp: the scoring graph failed");
+    }
+    timer.step("launch");
+    pending = new pending_step(ctx, std::move(mass), std::move(heads_of));
 }
 
 uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
+    settle();
     uncomp_step_timer timer("gram");
-    // the most ones a sum reads: a key mean reads one per row
+    // the most ones a sum reads: a key mean reads one per row, a sum of chunks one per chunk and head
     int64_t n_ones = 0;
     for (const auto & j : jobs) {
         for (const auto * c : j.cells) {
-            if (takes_part(c)) n_ones = std::max(n_ones, (int64_t) c->size());
+            if (takes_part(c)) n_ones = std::max({ n_ones, (int64_t) c->size(), ((int64_t) c->size() / k_gram_chunk) * (int64_t) j.cells.size() });
         }
     }
     const size_t n_nodes = 20 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched
@@ -400,13 +462,14 @@ uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> 
     timer.step("upload");
     ggml_backend_graph_compute(backend, gf);
     timer.step("compute");
-    auto out = gram.read(heads_of, staging_for(gram.n_values));
+    auto out = gram.read(heads_of, staging_for(0, gram.n_values));
     timer.step("read");
     ggml_free(ctx);
     return out;
 }
 
 bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t n_kept) {
+    settle();
     for (const auto & j : jobs) {
         const size_t head_bytes = ggml_row_size(j.storage->type, j.head_dim);
         if (head_bytes % 4 != 0 || j.storage->nb[1] % 4 != 0 || j.storage->nb[2] % 4 != 0) {

@@ -64,6 +64,13 @@ struct uncomp_device {
     // query heads of the head. Heads with no cells get no values.
     uncomp_step_values attention_mass(const std::vector<uncomp_score_job> & jobs);
 
+    // attention_mass in two halves: start launches the graph and returns while the device computes
+    // (the jobs' data is uploaded by then), finish waits for it and returns its values. Any other step
+    // started in between waits for it and drops its values first (the steps share one allocator).
+    void               start_attention_mass(const std::vector<uncomp_score_job> & jobs);
+    uncomp_step_values finish_attention_mass();
+    bool               attention_mass_pending() const { return pending != nullptr; }
+
     // Σ z zᵀ over the cells of each KV head, z = the centred key scaled to unit norm ([head_dim,
     // head_dim] floats per head, the spec's entropy before its /n and trace normalisation).
     uncomp_step_values key_gram(const std::vector<uncomp_head_cells> & jobs);
@@ -75,10 +82,17 @@ struct uncomp_device {
 
 private:
     // the device's pinned host memory where it has some (the fast way back), else plain host memory;
-    // kept between steps and grown as needed (a step's results: n floats per held token and head)
+    // kept between steps and grown as needed (a step's results: n floats per held token and head). Two
+    // slots, so that scores computed during the entropy's eigen-solves (start_attention_mass) do not
+    // overwrite the Gram matrices being read: 0 for Gram matrices, 1 for scores.
     ggml_backend_buffer_type_t host_buft = nullptr;
-    ggml_backend_buffer_t      staging   = nullptr;
-    float *        staging_for(int64_t n_values);
+    ggml_backend_buffer_t      staging[2] = { nullptr, nullptr };
+    float *        staging_for(int slot, int64_t n_values);
+
+    // the graph start_attention_mass launched, until finish_attention_mass reads it or settle drops it
+    struct pending_step;
+    pending_step * pending = nullptr;
+    void           settle();
 
     ggml_context * begin(size_t n_tensors);
     // allocates the graph's tensors (inputs are set after this); frees ctx and throws when out of memory

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <numeric>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -37,9 +38,20 @@ struct uncomp_state {
     bool observing = false;
     // per model layer: the last `window` post-RoPE query rows seen, each [head_dim * n_head] floats
     std::vector<std::deque<std::vector<float>>> window_q;
+    uint64_t queries_generation = 0; // changes whenever window_q does
     // the device-side steps, per device holding cache layers (several with a partial GPU offload)
     std::map<ggml_backend_dev_t, std::unique_ptr<uncomp_device>> devices;
     uncomp_prefill prefill;
+    // window scores started during the entropy step for the compression that follows it
+    // (uncomp_start_scores): valid while the sequence's cells and the window queries are the same
+    struct started_scores {
+        llama_seq_id           seq = -1;
+        uint32_t               stream = 0;
+        std::vector<uint32_t>  cells;
+        std::vector<llama_pos> pos;
+        uint64_t               queries_generation = 0;
+        std::vector<std::pair<uncomp_device *, std::vector<size_t>>> groups; // a device, the layers (li) it scores
+    } started;
 };
 
 uncomp_device & device_of(uncomp_state & st, const ggml_tensor * storage) {
@@ -105,6 +117,7 @@ bool observe_queries(ggml_tensor * t, bool ask, void * user_data) {
     const int64_t n_tokens = t->ne[2];
     const int64_t n_keep   = std::min<int64_t>(n_tokens, st->params.window);
     auto & rows = st->window_q[il];
+    ++st->queries_generation;
     for (int64_t i = n_tokens - n_keep; i < n_tokens; ++i) {
         std::vector<float> q(row);
         ggml_backend_tensor_get(t, q.data(), i * t->nb[2], row * sizeof(float));
@@ -428,6 +441,7 @@ int32_t llama_uncomp_set_window_queries(struct llama_context * ctx, int32_t il, 
     const int64_t row = (int64_t) hp.n_head(il) * hp.n_embd_head_k(il);
     auto & rows = st->window_q[il];
     rows.clear();
+    ++st->queries_generation;
     for (int32_t t = 0; t < n_rows; ++t) {
         rows.emplace_back(q + t * row, q + (t + 1) * row);
     }
@@ -449,13 +463,55 @@ struct window_mass {
     std::deque<std::vector<float>>    host;  // what the host path's views point at
 };
 
+// The device job scoring layer il's heads with scored[h] set over the tokens they hold, held[h]
+// (indices into cells, increasing); head_cells keeps the cell lists it points at.
+uncomp_score_job score_job(
+        const uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp, uint32_t il, uint32_t stream,
+        const std::vector<uint32_t> & cells, const std::vector<const std::vector<uint32_t> *> & held,
+        const std::vector<char> & scored, std::deque<std::vector<uint32_t>> & head_cells) {
+    const int64_t n_head_kv = (int64_t) scored.size();
+    const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
+    uncomp_score_job job;
+    job.keys = { kv->get_k_storage(il), stream, hp.n_embd_head_k(il), std::vector<const std::vector<uint32_t> *>(n_head_kv) };
+    for (int64_t h = 0; h < n_head_kv; ++h) {
+        const auto & idx = *held[h];
+        if (!scored[h]) {
+            continue;
+        }
+        if (idx.size() == cells.size()) { // the whole sequence (indices are increasing)
+            job.keys.cells[h] = &cells;
+            continue;
+        }
+        auto & to = head_cells.emplace_back(idx.size());
+        std::transform(idx.begin(), idx.end(), to.begin(), [&](uint32_t i) { return cells[i]; });
+        job.keys.cells[h] = &to;
+    }
+    job.wq = (int64_t) window_q.size();
+    job.n_head = hp.n_head(il);
+    job.scale = attention_scale(hp, il);
+    const int64_t head_dim = job.keys.head_dim;
+    job.q.resize(job.n_head * job.wq * head_dim); // [n_head][wq][head_dim]
+    for (int64_t t = 0; t < job.wq; ++t) {
+        for (int64_t qh = 0; qh < job.n_head; ++qh) {
+            std::copy_n(&window_q[t][qh * head_dim], head_dim, &job.q[(qh * job.wq + t) * head_dim]);
+        }
+    }
+    return job;
+}
+
 // Window attention mass (attention_mass) of every layer's heads with scored[li][h] set over the tokens
 // they hold, held[li][h] (indices into cells/pos, increasing), computed where each layer's keys live:
-// the layers of one device in one graph.
+// the layers of one device in one graph. started: the scores uncomp_start_scores began for these cells
+// (every head of its layers holding every token), read instead of computed again; nullptr: none.
 window_mass window_masses(
         uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp, const std::vector<uint32_t> & layer_ids,
         uint32_t stream, const std::vector<uint32_t> & cells, const std::vector<llama_pos> & pos,
-        const std::vector<std::vector<const std::vector<uint32_t> *>> & held, const std::vector<std::vector<char>> & scored) {
+        const std::vector<std::vector<const std::vector<uint32_t> *>> & held, const std::vector<std::vector<char>> & scored,
+        const uncomp_state::started_scores * started) {
+    std::vector<char> from_started(layer_ids.size(), 0);
+    for (const auto & group : started ? started->groups : decltype(started->groups)()) {
+        for (size_t li : group.second) from_started[li] = 1;
+    }
     window_mass out;
     auto & mass = out.heads;
     mass.resize(layer_ids.size());
@@ -469,44 +525,27 @@ window_mass window_masses(
             continue;
         }
         ggml_tensor * k_storage = kv->get_k_storage(il);
-        const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
         if (uncomp_device_wanted(k_storage)) {
-            uncomp_score_job job;
-            job.keys = { k_storage, stream, hp.n_embd_head_k(il), std::vector<const std::vector<uint32_t> *>(n_head_kv) };
-            for (int64_t h = 0; h < n_head_kv; ++h) {
-                const auto & idx = *held[li][h];
-                if (!scored[li][h]) {
-                    continue;
-                }
-                if (idx.size() == cells.size()) { // the whole sequence (indices are increasing)
-                    job.keys.cells[h] = &cells;
-                    continue;
-                }
-                auto & to = head_cells.emplace_back(idx.size());
-                std::transform(idx.begin(), idx.end(), to.begin(), [&](uint32_t i) { return cells[i]; });
-                job.keys.cells[h] = &to;
+            if (!from_started[li]) {
+                auto & group = on_device[uncomp_device_of(k_storage)];
+                group.first.push_back(li);
+                group.second.push_back(score_job(st, kv, hp, il, stream, cells, held[li], scored[li], head_cells));
             }
-            job.wq = (int64_t) window_q.size();
-            job.n_head = hp.n_head(il);
-            job.scale = attention_scale(hp, il);
-            const int64_t head_dim = job.keys.head_dim;
-            job.q.resize(job.n_head * job.wq * head_dim); // [n_head][wq][head_dim]
-            for (int64_t t = 0; t < job.wq; ++t) {
-                for (int64_t qh = 0; qh < job.n_head; ++qh) {
-                    std::copy_n(&window_q[t][qh * head_dim], head_dim, &job.q[(qh * job.wq + t) * head_dim]);
-                }
-            }
-            auto & group = on_device[uncomp_device_of(k_storage)];
-            group.first.push_back(li);
-            group.second.push_back(std::move(job));
             continue;
         }
+        const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
         const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
         for (int64_t h = 0; h < n_head_kv; ++h) {
             if (scored[li][h]) {
                 const auto & m = out.host.emplace_back(attention_mass(window_q, hp, il, h, k, pos, *held[li][h]));
                 mass[li][h] = { m.data(), m.size() };
             }
+        }
+    }
+    for (const auto & [dev, layers] : started ? started->groups : decltype(started->groups)()) {
+        auto res = dev->finish_attention_mass();
+        for (size_t i = 0; i < res.size(); ++i) {
+            mass[layers[i]] = std::move(res[i]);
         }
     }
     for (auto & [dev, group] : on_device) {
@@ -631,9 +670,16 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
         return (int32_t) n; // every head keeps what it holds
     }
     timer.step("plan");
+    // scores the entropy step started for this very state, if any (taken either way: once only)
+    const uncomp_state::started_scores started = std::exchange(st.started, {});
+    bool use_started = !started.groups.empty() && started.seq == seq_id && started.stream == stream &&
+                       started.cells == cells && started.pos == pos && started.queries_generation == st.queries_generation;
+    for (const auto & group : started.groups) {
+        for (size_t li : group.second) use_started = use_started && held[li][0] == &every_token;
+    }
     window_mass mass;
     try {
-        mass = window_masses(st, kv, hp, layer_ids, stream, cells, pos, held, scored);
+        mass = window_masses(st, kv, hp, layer_ids, stream, cells, pos, held, scored, use_started ? &started : nullptr);
         timer.step("scores");
     } catch (const std::exception & e) {
         LLAMA_LOG_ERROR("%s\n", e.what());
@@ -746,6 +792,61 @@ int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     return compress_seq(ctx, *st, seq_id, budget);
 }
 
+void uncomp_start_scores(const llama_context * ctx, llama_seq_id seq_id) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr || st->params.method == LLAMA_UNCOMP_METHOD_STREAMINGLLM || st->params.method == LLAMA_UNCOMP_METHOD_FULL) {
+        return;
+    }
+    st->started = {};
+    llama_kv_cache * kv = compressible_cache(const_cast<llama_context *>(ctx));
+    if (kv == nullptr || seq_id < 0 || seq_id >= (llama_seq_id) kv->get_n_seq_max()) {
+        return;
+    }
+    const auto & hp = ctx->get_model().hparams;
+    const uint32_t stream = kv->get_stream(seq_id);
+    uncomp_state::started_scores started;
+    for (const auto & [p_, c] : kv->get_cells(seq_id).seq_pos_get(seq_id)) {
+        started.pos.push_back(p_);
+        started.cells.push_back(c);
+    }
+    const int64_t n = (int64_t) started.cells.size();
+    std::vector<uint32_t> every_token(n);
+    std::iota(every_token.begin(), every_token.end(), 0u);
+    std::deque<std::vector<uint32_t>> head_cells;
+    std::map<uncomp_device *, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>> on_device;
+    const std::vector<uint32_t> layer_ids = kv->get_layer_ids();
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        const uint32_t il = layer_ids[li];
+        const int64_t n_head_kv = hp.n_head_kv(il);
+        ggml_tensor * k_storage = kv->get_k_storage(il);
+        if (!uncomp_layout_get(kv, (int32_t) il, stream).empty() ||
+            (int64_t) st->window_q[il].size() < std::min<int64_t>(st->params.window, n)) {
+            return; // a compressed layer, or one without its queries: compress_seq decides
+        }
+        if (!uncomp_device_wanted(k_storage)) {
+            continue;
+        }
+        const std::vector<const std::vector<uint32_t> *> held(n_head_kv, &every_token);
+        const std::vector<char> scored(n_head_kv, 1);
+        auto & group = on_device[&device_of(*st, k_storage)];
+        group.first.push_back(li);
+        group.second.push_back(score_job(*st, kv, hp, il, stream, started.cells, held, scored, head_cells));
+    }
+    try {
+        for (auto & [dev, group] : on_device) {
+            dev->start_attention_mass(group.second);
+            started.groups.emplace_back(dev, std::move(group.first));
+        }
+    } catch (const std::exception & e) {
+        LLAMA_LOG_ERROR("%s\n", e.what());
+        return; // the compression computes its scores itself
+    }
+    started.seq = seq_id;
+    started.stream = stream;
+    started.queries_generation = st->queries_generation;
+    st->started = std::move(started);
+}
+
 int32_t llama_uncomp_compress_budgets(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * budgets, int64_t n_budgets) {
     uncomp_state * st = state_of(ctx);
     if (const int32_t err = check_compresses(st)) {
@@ -849,6 +950,7 @@ int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from) {
     }
     if (on) {
         for (size_t il = (size_t) std::max(0, il_clear_from); il < st->window_q.size(); ++il) st->window_q[il].clear();
+        ++st->queries_generation;
     }
     st->observing = on;
     rebuild_graphs(ctx, *st);
@@ -907,7 +1009,7 @@ int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std:
     const std::vector<std::vector<char>> scored = { std::vector<char>(n_head_kv, 1) };
     window_mass mass;
     try {
-        mass = window_masses(*st, kv, hp, { (uint32_t) il }, stream, cells, pos, held, scored);
+        mass = window_masses(*st, kv, hp, { (uint32_t) il }, stream, cells, pos, held, scored, nullptr);
     } catch (const std::exception & e) {
         LLAMA_LOG_ERROR("%s\n", e.what());
         return LLAMA_UNCOMP_ERR_DEVICE;

@@ -159,12 +159,10 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
     return entropy_of_gram(a, n, d, k_trunc);
 }
 
-int32_t llama_uncomp_key_entropy(
-        const struct llama_context * ctx,
-                    llama_seq_id   seq_id,
-                         int32_t   k_trunc,
-                           float * out,
-                         int64_t   n_max) {
+// start_scores: once the Gram matrices are read, start the window scoring of the compression that
+// follows on the device, to run beside the eigen-solves (uncomp_start_scores)
+static int32_t key_entropy(const llama_context * ctx, llama_seq_id seq_id, int32_t k_trunc, float * out, int64_t n_max,
+                           bool start_scores) {
     const auto layers = uncomp_cache_layers(ctx);
     if (layers.empty() || seq_id < 0 || out == nullptr) {
         return LLAMA_UNCOMP_ERR_PARAMS;
@@ -247,6 +245,10 @@ int32_t llama_uncomp_key_entropy(
             for (size_t h = 0; h < grams[j].size(); ++h) tasks[device_first_task[j] + h].gram = &grams[j][h];
         }
     }
+    if (start_scores) {
+        uncomp_start_scores(ctx, seq_id);
+        timer.step("start scores");
+    }
     // this runs right after prefill, when the cores are otherwise idle
     uncomp_parallel_for(tasks.size(), [&](size_t i) {
         const head_task & t = tasks[i];
@@ -262,4 +264,13 @@ int32_t llama_uncomp_key_entropy(
     });
     timer.step("eigen");
     return (int32_t) n_values;
+}
+
+int32_t llama_uncomp_key_entropy(const struct llama_context * ctx, llama_seq_id seq_id, int32_t k_trunc, float * out, int64_t n_max) {
+    return key_entropy(ctx, seq_id, k_trunc, out, n_max, false);
+}
+
+int32_t llama_uncomp_key_entropy_for_compress(const struct llama_context * ctx, llama_seq_id seq_id, int32_t k_trunc, float * out,
+                                              int64_t n_max) {
+    return key_entropy(ctx, seq_id, k_trunc, out, n_max, true);
 }

@@ -38,6 +38,13 @@ float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d
 // layer's cache lives on a device (or UNCOMP_DEVICE_PATH=1); nullptr: use the host path.
 uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il);
 
+// Starts, on the devices holding the cache's layers, the window scoring that compressing seq_id now
+// needs (every head of every layer still holding every token, window queries observed), so that it
+// runs while the caller works on the host; the next compression of seq_id reads it when the sequence's
+// cells and the window queries are still the same. Does nothing when any of that does not hold, for
+// recency scoring, or on the host path.
+void uncomp_start_scores(const llama_context * ctx, llama_seq_id seq_id);
+
 // The engine's side of a pruned prefill (uncomp-prefill.cpp), for an attached context:
 // observe window queries (on: forgets those of layers >= il_clear_from) or stop; 0 or < 0
 int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from);

@@ -296,6 +296,48 @@ void run_two_sequences(llama_model * model, const cache_config & cfg) {
     llama_free(ctx);
 }
 
+// Scores started during the entropy step (llama_uncomp_key_entropy_for_compress; on the device path
+// they are computed beside the eigen-solves) give the compression what it computes itself, and a token
+// evaluated in between makes the compression score afresh: each case keeps the same rows and continues
+// with the same tokens as a context that never started any.
+void run_started_scores(llama_model * model, const cache_config & cfg) {
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    const std::vector<llama_token> prompt = prompt_tokens(vocab, 600, true);
+    const llama_pos n_prompt = (llama_pos) prompt.size();
+    // start: call the entropy step first; extra: evaluate (and observe) 24 more tokens after it, before
+    // the compression, which then scores by their queries
+    auto case_of = [&](bool start, bool extra) {
+        std::vector<llama_token> out;
+        llama_context * ctx = new_context(model, cfg, 1, false);
+        if (!ctx) {
+            return out;
+        }
+        EXPECT(llama_uncomp_observe(ctx, true) == 0 && eval(ctx, prompt, 0) && llama_uncomp_observe(ctx, false) == 0);
+        int32_t b_max = 0;
+        const std::vector<int32_t> budgets = test_budgets(ctx, 3, b_max);
+        if (start) {
+            std::vector<float> entropy(budgets.size());
+            EXPECT(llama_uncomp_key_entropy_for_compress(ctx, 0, 32, entropy.data(), (int64_t) entropy.size()) == (int32_t) entropy.size());
+        }
+        const llama_pos n = n_prompt + (extra ? 24 : 0);
+        EXPECT(!extra || (llama_uncomp_observe(ctx, true) == 0 && eval(ctx, prompt_tokens(vocab, 24, false), n_prompt) &&
+                          llama_uncomp_observe(ctx, false) == 0));
+        EXPECT(llama_uncomp_compress_budgets(ctx, 0, budgets.data(), (int64_t) budgets.size()) > 0);
+        out = greedy(ctx, vocab, n, 8);
+        llama_uncomp_detach(ctx);
+        llama_free(ctx);
+        return out;
+    };
+    for (bool extra : { false, true }) {
+        const auto plain = case_of(false, extra);
+        const bool same = !plain.empty() && case_of(true, extra) == plain;
+        if (!same) {
+            std::fprintf(stderr, "started scores, %s, %s:\n", cfg.name, extra ? "tokens evaluated between" : "compressed right after");
+        }
+        EXPECT(same);
+    }
+}
+
 } // namespace
 
 int main(int argc, char ** argv) {
@@ -320,6 +362,7 @@ int main(int argc, char ** argv) {
     for (const auto & cfg : configs) {
         run(model, cfg);
         run_two_sequences(model, cfg);
+        run_started_scores(model, cfg);
     }
     llama_model_free(model);
     llama_backend_free();
