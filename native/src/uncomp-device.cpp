@@ -169,19 +169,16 @@ ggml_tensor * sum_dim1(ggml_context * ctx, ggml_tensor * a, ggml_tensor * ones) 
     return ggml_out_prod(ctx, a, col);
 }
 
-// rows a Gram product sums at a time, in the out_prod variant
+// rows a Gram product sums at a time: many short products keep the device busy where one per head over
+// a long prompt would be a few long ones (one f32 product per head over all rows, through a transposed
+// copy, took 46 ms of a 32k prompt on an H200 against 26 ms for these)
 constexpr int64_t k_gram_chunk = 512;
-
-// EXPERIMENT (session 21, to be removed): which Gram product; UNCOMP_GRAM=outprod|mm32|mm16
-const char * gram_mode() {
-    static const char * mode = [] { const char * v = std::getenv("UNCOMP_GRAM"); return v ? v : "mm32"; }();
-    return mode;
-}
 
 // Σ z zᵀ over the n rows of each head of k, z = the row centred over the n and scaled to unit norm:
 // k [head_dim, n_head, n] f32 (a get_rows of cache rows as they are, every head's slice of a row
-// together) -> [head_dim, head_dim, n_head]. The 1/head_dim of the unit norm is applied once to the d×d
-// results instead of to every row.
+// together) -> [head_dim, head_dim, n_head]. The products read the rows in place through strided views
+// (no copy per head, no zero padding of the last chunk), and the 1/head_dim of the unit norm is applied
+// once to the d×d results instead of to every row.
 ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones) {
     const int64_t d = k->ne[0], n_head = k->ne[1], n = k->ne[2];
     ggml_tensor * sum = sum_dim1(ctx, ggml_reshape_3d(ctx, k, d * n_head, n, 1), ones);       // [d * n_head, 1, 1]
@@ -190,29 +187,22 @@ ggml_tensor * unit_gram(ggml_context * ctx, ggml_tensor * k, ggml_tensor * ones)
     // kernel puts dimension 2 on the grid's y, which stops at 65535 (a 64k prompt aborted)
     ggml_tensor * z = ggml_reshape_3d(ctx, ggml_rms_norm(ctx, ggml_reshape_2d(ctx, ggml_sub(ctx, k, mean), d, n_head * n), 1e-30f),
                                       d, n_head, n);                                          // [d, n_head, n]
+    const size_t  row = z->nb[2]; // one token: every head's d values
+    // rows [first, first + rows * chunks) of each head as [d, rows, chunks, n_head] -> Σ over the rows
+    auto gram_of = [&](int64_t first, int64_t rows, int64_t chunks) {
+        ggml_tensor * v = ggml_view_4d(ctx, z, d, rows, chunks, n_head, row, rows * row, z->nb[1], first * row);
+        return ggml_out_prod(ctx, v, v);                                                      // [d, d, chunks, n_head]
+    };
+    const int64_t chunks = n / k_gram_chunk, rest = n % k_gram_chunk;
     ggml_tensor * g = nullptr;
-    if (std::strcmp(gram_mode(), "outprod") == 0) {
-        const size_t  row = z->nb[2];
-        auto gram_of = [&](int64_t first, int64_t rows, int64_t chunks) {
-            ggml_tensor * v = ggml_view_4d(ctx, z, d, rows, chunks, n_head, row, rows * row, z->nb[1], first * row);
-            return ggml_out_prod(ctx, v, v);                                                  // [d, d, chunks, n_head]
-        };
-        const int64_t chunks = n / k_gram_chunk, rest = n % k_gram_chunk;
-        if (chunks > 0) {
-            g = sum_dim1(ctx, ggml_reshape_3d(ctx, gram_of(0, k_gram_chunk, chunks), d * d, chunks, n_head), ones);
-        }
-        if (rest > 0) {
-            ggml_tensor * last = ggml_reshape_3d(ctx, gram_of(chunks * k_gram_chunk, rest, 1), d * d, 1, n_head);
-            g = g == nullptr ? last : ggml_add(ctx, g, last);
-        }
-        g = ggml_reshape_3d(ctx, g, d, d, n_head);
-    } else {
-        const ggml_type type = std::strcmp(gram_mode(), "mm16") == 0 ? GGML_TYPE_F16 : GGML_TYPE_F32;
-        ggml_tensor * zt = ggml_cpy(ctx, ggml_permute(ctx, z, 1, 2, 0, 3), ggml_new_tensor_3d(ctx, type, n, d, n_head));
-        g = ggml_mul_mat(ctx, zt, zt);                                                        // [d, d, n_head]
-        ggml_prec_set_acc(g, GGML_PREC_F32);
+    if (chunks > 0) {
+        g = sum_dim1(ctx, ggml_reshape_3d(ctx, gram_of(0, k_gram_chunk, chunks), d * d, chunks, n_head), ones);
     }
-    return ggml_scale(ctx, g, 1.0f / (float) d);
+    if (rest > 0) {
+        ggml_tensor * last = ggml_reshape_3d(ctx, gram_of(chunks * k_gram_chunk, rest, 1), d * d, 1, n_head);
+        g = g == nullptr ? last : ggml_add(ctx, g, last);
+    }
+    return ggml_reshape_3d(ctx, ggml_scale(ctx, g, 1.0f / (float) d), d, d, n_head);
 }
 
 // the column of ones sum_dim1 reads, [n] f32, set after allocation
@@ -417,11 +407,18 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
 uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> & jobs) {
     settle();
     uncomp_step_timer timer("gram");
-    // the most ones a sum reads: a key mean reads one per row, a sum of chunks one per chunk and head
+    // the most ones a sum reads: a mean reads one per row, a sum of chunks one per chunk and head
     int64_t n_ones = 0;
+    auto need_ones = [&](int64_t n, int64_t n_head) {
+        n_ones = std::max({ n_ones, n, (n / k_gram_chunk) * n_head });
+    };
     for (const auto & j : jobs) {
+        if (shares_cells(j)) {
+            need_ones((int64_t) j.cells[0]->size(), (int64_t) j.cells.size());
+            continue;
+        }
         for (const auto * c : j.cells) {
-            if (takes_part(c)) n_ones = std::max({ n_ones, (int64_t) c->size(), ((int64_t) c->size() / k_gram_chunk) * (int64_t) j.cells.size() });
+            if (takes_part(c)) need_ones((int64_t) c->size(), 1);
         }
     }
     const size_t n_nodes = 20 * n_heads_in(jobs) + 24 * jobs.size() + 16; // per head, or per layer when batched

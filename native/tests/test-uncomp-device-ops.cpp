@@ -224,7 +224,8 @@ int main() {
         std::mt19937 rng(1234 + (unsigned) i);
         for (ggml_type type : { GGML_TYPE_F16, GGML_TYPE_Q8_0 }) {
             // a second, larger round: the allocator's buffers grow (and each uncomp_device takes the
-            // staging memory the one before left); the third: longer Gram sums
+            // staging memory the one before left); the third: Gram sums over several chunks of rows
+            // (k_gram_chunk), the last one short
             for (int64_t kv_size : { 96, 300, 1300 }) {
                 storage s(dev, type, kv_size, rng);
                 uncomp_device d(s.t);
