@@ -153,6 +153,23 @@ def test_generation_appends_after_compression_and_positions_continue(engines):
 
 
 @pytest.mark.parametrize("method", ["snapkv", "uncomp"])
+def test_a_continuation_shorter_than_the_window_is_compressed_by_its_own_queries(engines, method):
+    # a few tokens evaluated after a compressed prompt (a short new turn, llama-cpp-python's evaluation of
+    # a prompt that extends the cached one): fewer queries than the window were observed. It used to raise
+    # LLAMA_UNCOMP_ERR_NO_QUERIES; the few queries score the sequence now, and the budget holds
+    llm = engines(method, 0.1)
+    llm.reset()
+    llm.eval(llm.tokenize(passkey_prompt(60, 0.5, "27182").encode()))
+    tail = llm.tokenize(b" The pass key is 2", add_bos=False)
+    assert 1 < len(tail) < llm.compression.window
+    llm.eval(tail)
+    stats = llm.compression_stats()
+    budget = round(0.1 * stats["n_tokens"])
+    assert stats["n_tokens"] == llm.n_tokens
+    assert sum(map(sum, stats["tokens_kept"])) == budget * 90
+
+
+@pytest.mark.parametrize("method", ["snapkv", "uncomp"])
 def test_a_new_turn_is_appended_then_recompressed(engines, method):
     llm = engines(method, 0.1)
     first = passkey_prompt(60, 0.5, "31415")

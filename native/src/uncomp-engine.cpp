@@ -659,7 +659,8 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
             keep[li][h] = std::min<int64_t>(n_h, std::max<int64_t>(budget[li][h], w + p.n_sink));
             evicts = evicts || keep[li][h] < n_h;
             if (keep[li][h] < n_h && p.method != LLAMA_UNCOMP_METHOD_STREAMINGLLM) {
-                if (wq < std::min<int64_t>(w, n_h)) {
+                // an evaluation shorter than the window (a short new turn) scores by the queries it has
+                if (wq == 0) {
                     return LLAMA_UNCOMP_ERR_NO_QUERIES;
                 }
                 scored[li][h] = 1;
@@ -709,7 +710,9 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
             thread_local std::vector<float> score;
             pool_prefix(mass.heads[li][h], n_h - wq, p.pool_kernel, score);
             out.reserve(b);
-            for (uint32_t k : select_kept(score, n_h, wq, b, p.n_sink)) out.push_back(hh[k]);
+            // the last `window` tokens are kept even when fewer of them were observed
+            const int64_t tail = std::max<int64_t>(wq, std::min<int64_t>(w, n_h));
+            for (uint32_t k : select_kept(score, n_h, tail, b, p.n_sink)) out.push_back(hh[k]);
         }
     });
     for (const auto & layer : kept) {
@@ -819,8 +822,7 @@ void uncomp_start_scores(const llama_context * ctx, llama_seq_id seq_id) {
         const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = hp.n_head_kv(il);
         ggml_tensor * k_storage = kv->get_k_storage(il);
-        if (!uncomp_layout_get(kv, (int32_t) il, stream).empty() ||
-            (int64_t) st->window_q[il].size() < std::min<int64_t>(st->params.window, n)) {
+        if (!uncomp_layout_get(kv, (int32_t) il, stream).empty() || st->window_q[il].empty()) {
             return; // a compressed layer, or one without its queries: compress_seq decides
         }
         if (!uncomp_device_wanted(k_storage)) {
