@@ -69,7 +69,6 @@ struct uncomp_device {
     // started in between waits for it and drops its values first (the steps share one allocator).
     void               start_attention_mass(const std::vector<uncomp_score_job> & jobs);
     uncomp_step_values finish_attention_mass();
-    bool               attention_mass_pending() const { return pending != nullptr; }
 
     // Σ z zᵀ over the cells of each KV head, z = the centred key scaled to unit norm ([head_dim,
     // head_dim] floats per head, the spec's entropy before its /n and trace normalisation).

@@ -499,6 +499,28 @@ uncomp_score_job score_job(
     return job;
 }
 
+// per device: the layers (li) it scores and their jobs, in layer order
+using device_score_jobs = std::map<uncomp_device *, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>>;
+
+// The jobs scoring, on the device that holds their keys, the heads with scored[li][h] set of every layer
+// whose keys live on a device and that skip[li] does not exclude (its scores are already under way)
+device_score_jobs score_jobs_by_device(
+        uncomp_state & st, const llama_kv_cache * kv, const llama_hparams & hp, const std::vector<uint32_t> & layer_ids,
+        uint32_t stream, const std::vector<uint32_t> & cells, const std::vector<std::vector<const std::vector<uint32_t> *>> & held,
+        const std::vector<std::vector<char>> & scored, const std::vector<char> & skip, std::deque<std::vector<uint32_t>> & head_cells) {
+    device_score_jobs out;
+    for (size_t li = 0; li < layer_ids.size(); ++li) {
+        ggml_tensor * k_storage = kv->get_k_storage(layer_ids[li]);
+        if (skip[li] || !uncomp_device_wanted(k_storage) || std::none_of(scored[li].begin(), scored[li].end(), [](char c) { return c; })) {
+            continue;
+        }
+        auto & group = out[&device_of(st, k_storage)];
+        group.first.push_back(li);
+        group.second.push_back(score_job(st, kv, hp, layer_ids[li], stream, cells, held[li], scored[li], head_cells));
+    }
+    return out;
+}
+
 // Window attention mass (attention_mass) of every layer's heads with scored[li][h] set over the tokens
 // they hold, held[li][h] (indices into cells/pos, increasing), computed where each layer's keys live:
 // the layers of one device in one graph. started: the scores uncomp_start_scores began for these cells
@@ -516,22 +538,14 @@ window_mass window_masses(
     auto & mass = out.heads;
     mass.resize(layer_ids.size());
     std::deque<std::vector<uint32_t>> head_cells; // the cells of heads that hold a part of the sequence
-    std::map<ggml_backend_dev_t, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>> on_device;
+    device_score_jobs on_device = score_jobs_by_device(st, kv, hp, layer_ids, stream, cells, held, scored, from_started, head_cells);
     for (size_t li = 0; li < layer_ids.size(); ++li) {
         const uint32_t il = layer_ids[li];
         const int64_t n_head_kv = (int64_t) scored[li].size();
         mass[li].resize(n_head_kv);
-        if (std::none_of(scored[li].begin(), scored[li].end(), [](char c) { return c; })) {
-            continue;
-        }
         ggml_tensor * k_storage = kv->get_k_storage(il);
-        if (uncomp_device_wanted(k_storage)) {
-            if (!from_started[li]) {
-                auto & group = on_device[uncomp_device_of(k_storage)];
-                group.first.push_back(li);
-                group.second.push_back(score_job(st, kv, hp, il, stream, cells, held[li], scored[li], head_cells));
-            }
-            continue;
+        if (uncomp_device_wanted(k_storage) || std::none_of(scored[li].begin(), scored[li].end(), [](char c) { return c; })) {
+            continue; // on a device (above), or nothing to score
         }
         const auto window_q = queries_in_key_basis(kv, st.window_q[il]);
         const std::vector<float> k = rows_to_float(k_storage, stream, cells, hp.n_embd_k_gqa(il));
@@ -549,7 +563,7 @@ window_mass window_masses(
         }
     }
     for (auto & [dev, group] : on_device) {
-        auto res = device_of(st, group.second[0].keys.storage).attention_mass(group.second);
+        auto res = dev->attention_mass(group.second);
         for (size_t i = 0; i < res.size(); ++i) {
             mass[group.first[i]] = std::move(res[i]);
         }
@@ -812,29 +826,24 @@ void uncomp_start_scores(const llama_context * ctx, llama_seq_id seq_id) {
         started.pos.push_back(p_);
         started.cells.push_back(c);
     }
-    const int64_t n = (int64_t) started.cells.size();
-    std::vector<uint32_t> every_token(n);
+    std::vector<uint32_t> every_token(started.cells.size());
     std::iota(every_token.begin(), every_token.end(), 0u);
-    std::deque<std::vector<uint32_t>> head_cells;
-    std::map<uncomp_device *, std::pair<std::vector<size_t>, std::vector<uncomp_score_job>>> on_device;
     const std::vector<uint32_t> layer_ids = kv->get_layer_ids();
+    // every head of every layer holds every token and is scored, as compress_seq will find right after a prompt
+    std::vector<std::vector<const std::vector<uint32_t> *>> held(layer_ids.size());
+    std::vector<std::vector<char>> scored(layer_ids.size());
     for (size_t li = 0; li < layer_ids.size(); ++li) {
         const uint32_t il = layer_ids[li];
-        const int64_t n_head_kv = hp.n_head_kv(il);
-        ggml_tensor * k_storage = kv->get_k_storage(il);
         if (!uncomp_layout_get(kv, (int32_t) il, stream).empty() || st->window_q[il].empty()) {
             return; // a compressed layer, or one without its queries: compress_seq decides
         }
-        if (!uncomp_device_wanted(k_storage)) {
-            continue;
-        }
-        const std::vector<const std::vector<uint32_t> *> held(n_head_kv, &every_token);
-        const std::vector<char> scored(n_head_kv, 1);
-        auto & group = on_device[&device_of(*st, k_storage)];
-        group.first.push_back(li);
-        group.second.push_back(score_job(*st, kv, hp, il, stream, started.cells, held, scored, head_cells));
+        held[li].assign(hp.n_head_kv(il), &every_token);
+        scored[li].assign(hp.n_head_kv(il), 1);
     }
+    std::deque<std::vector<uint32_t>> head_cells;
     try {
+        device_score_jobs on_device = score_jobs_by_device(*st, kv, hp, layer_ids, stream, started.cells, held, scored,
+                                                           std::vector<char>(layer_ids.size(), 0), head_cells);
         for (auto & [dev, group] : on_device) {
             dev->start_attention_mass(group.second);
             started.groups.emplace_back(dev, std::move(group.first));
