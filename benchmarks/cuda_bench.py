@@ -13,7 +13,9 @@ after 4 untimed tokens; the compression step after one untimed compression of th
 prefill (UNComp's first stage) keeping each fraction of the tokens after --prefill-layer. Then the largest number of concurrent sequences of --concurrent-depth tokens
 that fit on the GPU: sessions sharing one copy of the weights (``share_model_with``) are opened until
 the next one fails to allocate; stock sessions hold a full cache each, pyuncomp sessions a compressed,
-shrunk one (the prompt is evaluated and compressed once, then loaded into each new session).
+shrunk one, fitted to its layout (the prompt is evaluated and compressed once, then loaded into each
+new session). Every session evaluates in batches of --session-batches (n_batch = n_ubatch), which
+sizes its compute buffer; one count per value.
 """
 
 import argparse
@@ -121,19 +123,20 @@ def count_sessions(owner, open_session, limit=1000):
     return n
 
 
-def concurrent_rows(model, depth, methods, ratio, cache, limit):
+def concurrent_rows(model, depth, methods, ratio, cache, limit, n_batch):
     owner = open_llama(model, 512, "full", 1.0, cache)  # holds the weights, with a small context
     n_ctx = depth + 512
 
+    # every session, stock or compressed, evaluates in batches of n_batch (its compute buffer's size)
     def stock_session(o):
-        return open_llama(model, n_ctx, "full", 1.0, cache, share_model_with=o)
+        return open_llama(model, n_ctx, "full", 1.0, cache, share_model_with=o, n_batch=n_batch)
 
     n_stock = count_sessions(owner, stock_session, limit)
-    print(f"concurrent {depth}-token sequences, stock: {n_stock}", flush=True)
+    print(f"concurrent {depth}-token sequences, n_batch {n_batch}, stock: {n_stock}", flush=True)
     rows = []
     for method in methods:
         # one prompt evaluated and compressed, its compressed state loaded into every session
-        first = open_llama(model, n_ctx, method, ratio, cache, share_model_with=owner, n_batch=512)
+        first = open_llama(model, n_ctx, method, ratio, cache, share_model_with=owner, n_batch=n_batch)
         first.eval(prompt_tokens(depth))
         first.compress()
         first.eval([1000])  # the first evaluation after compression shrinks the allocation
@@ -141,19 +144,19 @@ def concurrent_rows(model, depth, methods, ratio, cache, limit):
         s = first.compression_stats()
         per_session = s["kv_bytes_allocated"]
         print(f"  one compressed {method} session: KV held {s['kv_bytes'] / 2**20:.0f} MiB, allocated "
-              f"{per_session / 2**20:.0f} MiB", flush=True)
+              f"{per_session / 2**20:.0f} MiB (fitted: {s['fitted']})", flush=True)
 
         def compressed_session(o):
-            t = open_llama(model, n_ctx, method, ratio, cache, share_model_with=o, n_batch=512)
+            t = open_llama(model, n_ctx, method, ratio, cache, share_model_with=o, n_batch=n_batch)
             t.load_state(state)
             t.eval([1001])  # decodes one token in it: a live sequence, its allocation shrunk
             return t
 
         n_ours = 1 + count_sessions(owner, compressed_session, limit - 1)
         first.close()
-        print(f"concurrent {depth}-token sequences, pyuncomp {method} {ratio}: {n_ours} "
+        print(f"concurrent {depth}-token sequences, n_batch {n_batch}, pyuncomp {method} {ratio}: {n_ours} "
               f"({n_ours / max(n_stock, 1):.1f}x)", flush=True)
-        rows.append(dict(depth=depth, stock=n_stock, method=method, ratio=ratio, pyuncomp=n_ours,
+        rows.append(dict(depth=depth, n_batch=n_batch, stock=n_stock, method=method, ratio=ratio, pyuncomp=n_ours,
                          kv_held_per_session=s["kv_bytes"], kv_allocated_per_session=per_session))
     owner.close()
     return rows
@@ -169,6 +172,8 @@ def main():
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--concurrent-depth", type=int, default=32768, help="0: skip the concurrency count")
     ap.add_argument("--max-sessions", type=int, default=1000, help="stop counting there (a CPU run would fill RAM)")
+    ap.add_argument("--session-batches", type=int, nargs="+", default=[512],
+                    help="the concurrency count's n_batch (= n_ubatch) of every session, one count per value")
     ap.add_argument("--json")
     ap.add_argument("--prefill-keeps", type=float, nargs="*", default=[], help="pruned-prefill rows, one per fraction kept")
     ap.add_argument("--prefill-layer", type=int, default=None, help="the pruned prefill's last full layer (default n_layer // 4)")
@@ -189,9 +194,11 @@ def main():
                                    a.prefill_keeps, a.prefill_layer)
         save()
     if a.concurrent_depth:
-        out["concurrent"] = concurrent_rows(a.model, a.concurrent_depth, a.methods.split(","), min(a.ratios), a.cache,
-                                            a.max_sessions)
-        save()
+        out["concurrent"] = []
+        for n_batch in a.session_batches:
+            out["concurrent"] += concurrent_rows(a.model, a.concurrent_depth, a.methods.split(","), min(a.ratios),
+                                                 a.cache, a.max_sessions, n_batch)
+            save()
 
 
 if __name__ == "__main__":

@@ -95,8 +95,12 @@ class Llama(llama_cpp.Llama):
     evaluation, e.g. the first generated token: the context holds the logits sampled before it); the
     context grows back (up to ``n_ctx``) when an evaluation needs more cells. It also starts small
     (``n_batch`` cells) and grows to what a prompt or a loaded state needs, so a session that loads a
-    compressed prompt never allocates the full cache. Default True; not applied yet to models with
-    sliding-window layers (Gemma 3).
+    compressed prompt never allocates the full cache. With flash attention the rebuilt cache is also
+    fitted to the compressed layout: each layer allocates only the rows its KV heads hold (its
+    ``first_row`` in the layer statistics; ``kv_bytes_allocated`` then follows ``kv_bytes``). The
+    next compression, and an evaluation that starts the sequence again, first rebuild it unfitted
+    (at its full per-layer size). Default True; not applied yet to models with sliding-window layers
+    (Gemma 3).
     auto_compress: compress after every multi-token evaluation (default True). False: prompts are
     observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
     evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
@@ -186,6 +190,8 @@ class Llama(llama_cpp.Llama):
         self._prefill_layer = None  # the pruned prefill's last full layer, None: no pruning
         self.prefill_kept = None  # tokens the later layers ran on in the last pruned prefill
         self._shrink_pending = False
+        self._fitted = False  # the context's cache is fitted to the layout (rows below must not be written)
+        self._fits = True  # False once a fitted rebuild fitted nothing (e.g. V stored transposed)
         if self.compression.compresses:
             err = lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr())
             if err == lib.LLAMA_UNCOMP_ERR_MEMORY:
@@ -257,6 +263,11 @@ class Llama(llama_cpp.Llama):
             return super().eval(tokens)
         diverges = self.n_tokens < self._compressed_upto - self.compression.window
         new_turn = self.new_turns == "reevaluate" and self._compressed_upto > 0 and len(tokens) > 1
+        if self._fitted and (self.n_tokens == 0 or diverges or new_turn or len(tokens) > 1):
+            # a fitted cache takes appended tokens only: a sequence evaluated again from cell 0 needs every
+            # layer's rows, and a multi-token evaluation is compressed next (which moves rows below)
+            fresh = self.n_tokens == 0 or diverges or new_turn
+            self._resize_context(self._ctx.n_ctx(), fit={}, keep=not fresh)
         if self.n_tokens == 0 and not (diverges or new_turn):  # a fresh sequence: no layout of an earlier one
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
         if diverges or new_turn:
@@ -337,6 +348,12 @@ class Llama(llama_cpp.Llama):
             return False
         if self.n_tokens == 0:
             raise RuntimeError("compress: the cache is empty; evaluate a prompt first")
+        if self._fitted:  # compaction moves rows into cells a fitted layer has no memory of
+            self._resize_context(self._ctx.n_ctx(), fit={})
+            # the rebuilt context has no logits: the last token decoded again over the same cache gives them
+            last = int(self.input_ids[self.n_tokens - 1])
+            self.n_tokens -= 1
+            llama_cpp.Llama.eval(self, [last])
         self._compress(0)
         self._compressed_upto = self.n_tokens
         # the shrink waits for the next evaluation: the context holds the logits to sample from,
@@ -380,28 +397,52 @@ class Llama(llama_cpp.Llama):
             # geometric growth: a long generation rebuilds the context a logarithmic number of times
             self._resize_context(max(self._cells_used + self.n_batch, self._ctx.n_ctx() * 3 // 2))
 
-    def _resize_context(self, n_cells: int) -> None:
-        """Rebuilds the llama context with n_cells cells (rounded up to 256, at most n_ctx) and moves
-        the cache into it: its cells (which sit in the first cells, compacted) and the per-head
-        layout. The last logits do not move (llama.cpp's state has none): evaluate before sampling."""
+    def _resize_context(self, n_cells: int, fit: Optional[dict] = None, keep: bool = True) -> None:
+        """Rebuilds the llama context with n_cells cells (rounded up to 256, at most n_ctx) and, with
+        keep, moves the cache into it: its cells (which sit in the first cells, compacted), the per-head
+        layout and the observed window queries. fit: the layout ({model layer: first cell of each KV
+        head}) the new cache's layers are fitted to (native ``llama_uncomp_fit_next_cache``), ``{}``
+        for none; default: the current one. The last logits do not move (llama.cpp's state has none):
+        evaluate before sampling."""
         n_cells = min(self._n_ctx, -(-n_cells // 256) * 256)
-        if n_cells == self._ctx.n_ctx():
+        layout = self._head_starts() if keep else {}
+        fit = layout if fit is None else fit
+        if n_cells == self._ctx.n_ctx() and keep and self._fitted == (bool(fit) and self._fits):
             return
         old = self._ctx.ctx
-        size = llama_cpp.llama_state_get_size(old)
-        state = (ctypes.c_uint8 * size)()
-        size = llama_cpp.llama_state_get_data(old, state, size)
-        layout = self._head_starts()
+        if keep:
+            size = llama_cpp.llama_state_get_size(old)
+            state = (ctypes.c_uint8 * size)()
+            size = llama_cpp.llama_state_get_data(old, state, size)
+            queries = {s["il"]: self.window_queries(s["il"]) for s in self._layer_stats(0)}
         lib.llama_uncomp_detach(self._ctx_ptr())
         self._attached = False
         self._ctx.close()  # before allocating the new one: the point is not to hold both
-        self._ctx = self._new_context(n_cells)
+        first_row = np.zeros(llama_cpp.llama_model_n_layer(self._model.model), dtype=np.int32)
+        for il, starts in fit.items():
+            first_row[il] = int(np.min(starts))
+        _check(lib.llama_uncomp_fit_next_cache(ffi.cast("int32_t *", first_row.ctypes.data), first_row.size))
+        try:
+            self._ctx = self._new_context(n_cells)
+        finally:
+            lib.llama_uncomp_fit_next_cache(ffi.NULL, 0)
         _check(lib.llama_uncomp_attach(self._ctx_ptr(), self.compression._native_ptr()))
         self._attached = True
-        if llama_cpp.llama_state_set_data(self._ctx.ctx, state, size) != size:
-            raise RuntimeError("pyuncomp: could not move the cache into the resized context")
-        self._set_head_starts(layout)
+        self._fitted = any(s["first_row"] > 0 for s in self._layer_stats(0))
+        self._fits = self._fits and (self._fitted or not fit)  # no fitting at all: flash attention off
+        if keep:
+            if llama_cpp.llama_state_set_data(self._ctx.ctx, state, size) != size:
+                raise RuntimeError("pyuncomp: could not move the cache into the resized context")
+            self._set_head_starts(layout)
+            self._set_window_queries(queries)
         self._cells_used = self._cells_held()
+
+    def _set_window_queries(self, queries: dict) -> None:
+        """Restores observed window queries ({model layer: rows}, the last ``window`` of them kept)."""
+        for il, rows in queries.items():
+            rows = np.ascontiguousarray(rows[-self.compression.window:], dtype=np.float32)
+            if len(rows):
+                _check(lib.llama_uncomp_set_window_queries(self._ctx_ptr(), il, ffi.cast("float *", rows.ctypes.data), len(rows)))
 
     def _new_context(self, n_cells: int):
         """A llama context like this model's, with n_cells cells (not in the parent's exit stack:
@@ -476,14 +517,16 @@ class Llama(llama_cpp.Llama):
         if self._attached:
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
             cells = getattr(state, "uncomp_cells", state.n_tokens)
-            if cells > self._ctx.n_ctx():
-                self._resize_context(cells)  # room for the saved cells
+            layout = getattr(state, "uncomp_head_start", {})
+            if cells > self._ctx.n_ctx() or self._fitted:
+                # room for the saved cells; a shrinking cache fitted to the saved layout at once, so a
+                # session that loads a compressed prompt never allocates more than it holds
+                fit = layout if self._shrink_cache else {}
+                self._resize_context(max(cells, self._ctx.n_ctx()), fit=fit, keep=False)
         super().load_state(state)
         if self._attached:
             self._set_head_starts(getattr(state, "uncomp_head_start", {}))
-            for il, queries in getattr(state, "uncomp_window_queries", {}).items():
-                queries = np.ascontiguousarray(queries[-self.compression.window:], dtype=np.float32)
-                _check(lib.llama_uncomp_set_window_queries(self._ctx_ptr(), il, ffi.cast("float *", queries.ctypes.data), len(queries)))
+            self._set_window_queries(getattr(state, "uncomp_window_queries", {}))
             # a cache whose compressible (non-sliding-window) layers hold fewer cells than evaluated
             # positions was compressed up to there
             stats = self.compression_stats()
@@ -567,6 +610,7 @@ class Llama(llama_cpp.Llama):
 
         Keys: ``method``, ``ratio``, ``n_tokens`` (tokens evaluated), ``kv_bytes`` (K+V bytes held),
         ``kv_bytes_full`` (what a full cache holds for the same tokens), ``kv_bytes_allocated``,
+        ``fitted`` (each layer allocates only the rows it holds, ``shrink_cache``),
         ``layers`` (model layer index of each cache layer), ``swa_layers``, and ``tokens_kept``
         (per cache layer, one count per KV head), ``entropy`` (the key entropy of each KV head of each
         compressible layer that the last compression split budgets by; None for methods that do not
@@ -597,4 +641,5 @@ class Llama(llama_cpp.Llama):
             "swa_layers": swa_layers,
             "tokens_kept": tokens_kept,
             "entropy": None if self._entropy is None else [[float(v) for v in e] for e in self._entropy],
+            "fitted": self._fitted,
         }

@@ -3,6 +3,7 @@
 import os
 import random
 
+import numpy as np
 import pytest
 
 import pyuncomp
@@ -280,6 +281,63 @@ def test_shrunk_cache_releases_its_allocation_and_answers_the_same(smollm2_path)
     kept_cells = max(max(layer) for layer in runs[True][4]["tokens_kept"])
     assert runs[True][4]["kv_bytes_allocated"] <= (kept_cells + 512 + 256) * per_cell
     assert runs[True][5] == N_CTX  # n_ctx() stays what was asked for
+
+
+def test_a_fitted_cache_allocates_only_the_rows_its_layers_hold_and_answers_the_same(smollm2_path):
+    """With flash attention a shrunk cache is fitted to the compressed layout: a layer whose heads keep
+    fewer tokens allocates fewer rows, its unused rows lying on other layers' memory. Generation that
+    grows it, a next chat turn (compressed again), an explicit compress(), and a saved state loaded into
+    another session give the same greedy text as an unfitted cache, and the engine refuses to compact a
+    fitted cache or to give a head rows below its layer's memory."""
+    from pyuncomp._native import ffi, lib
+
+    prompt = passkey_prompt(90, 0.3, "53812")
+    runs = {}
+    for shrink in (False, True):
+        # ratio 0.2 and n_batch 256: layers' first rows (up to ~600) beyond the free cells kept after the
+        # kept ones, so unallocated rows lie on other layers' held rows, not only on their free ones
+        kwargs = dict(n_ctx=N_CTX, n_batch=256, method="uncomp", ratio=0.2, shrink_cache=shrink, flash_attn=True,
+                      seed=0, verbose=False)
+        llm = pyuncomp.Llama(smollm2_path, **kwargs)
+        other = pyuncomp.Llama(smollm2_path, **kwargs, share_model_with=llm)
+        try:
+            out = [llm(prompt, max_tokens=600, temperature=0.0)["choices"][0]["text"]]  # outgrows the shrunk cells
+            grown = llm.compression_stats()
+            llm.compress()  # the prompt's window again, over the generated tokens too
+            out.append(llm(prompt + out[0], max_tokens=8, temperature=0.0)["choices"][0]["text"])
+            msgs = [{"role": "user", "content": passkey_prompt(60, 0.5, "11223")}]
+            a1 = llm.create_chat_completion(messages=msgs, max_tokens=12, temperature=0.0)["choices"][0]["message"]
+            state, chat_stats = llm.save_state(), llm.compression_stats()
+            msgs += [a1, {"role": "user", "content": "What is the pass key?"}]
+            out += [a1["content"], llm.create_chat_completion(messages=msgs, max_tokens=12, temperature=0.0)
+                    ["choices"][0]["message"]["content"]]
+            other.load_state(state)
+            out.append(other.create_chat_completion(messages=msgs, max_tokens=12, temperature=0.0)
+                       ["choices"][0]["message"]["content"])
+            loaded = other.compression_stats()
+            if shrink:
+                ctx = llm._ctx_ptr()
+                assert lib.llama_uncomp_compress(ctx, 0) == lib.LLAMA_UNCOMP_ERR_FITTED
+                layer = max(llm._layer_stats(0), key=lambda s: s["first_row"])
+                below = np.zeros(layer["n_head_kv"], dtype=np.uint32)
+                assert lib.llama_uncomp_set_head_start(ctx, 0, layer["il"], ffi.cast("uint32_t *", below.ctypes.data),
+                                                       below.size) == lib.LLAMA_UNCOMP_ERR_FITTED
+                layers, starts, n_cells = other._layer_stats(0), other._head_starts(), other._ctx.n_ctx()
+            runs[shrink] = (out, grown, chat_stats, loaded)
+        finally:
+            other.close()
+            llm.close()
+    assert runs[True][0] == runs[False][0]
+    assert "53812" in runs[True][0][0]
+    for stats in runs[True][1:]:
+        assert stats["fitted"], stats
+        assert stats["kv_bytes"] <= stats["kv_bytes_allocated"]
+    assert not any(stats["fitted"] for stats in runs[False][1:])
+    # each layer holds the rows from its heads' first start on: what it allocates, where unfitted it
+    # would allocate every cell of the context
+    assert [s["first_row"] for s in layers] == [int(min(starts.get(s["il"], [0]))) for s in layers]
+    assert max(s["first_row"] for s in layers) > n_cells - max(max(kept) for kept in runs[True][3]["tokens_kept"])
+    assert runs[True][3]["kv_bytes_allocated"] == sum((n_cells - s["first_row"]) * s["bytes_per_token"] for s in layers)
 
 
 def test_a_session_loading_a_compressed_prompt_never_allocates_the_full_cache(smollm2_path):

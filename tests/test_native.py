@@ -84,7 +84,8 @@ import pyuncomp
 sys.path.insert(0, {tests!r})
 from test_engine import passkey_prompt
 assert pyuncomp._native.LIB_DIR.as_posix() == {lib!r}, pyuncomp._native.LIB_DIR
-llm = pyuncomp.Llama({model!r}, n_ctx=2048, method="uncomp", ratio=0.05, seed=0, verbose=False)
+# flash attention: the shrunk cache is fitted (layers placed over each other's unallocated rows)
+llm = pyuncomp.Llama({model!r}, n_ctx=2048, method="uncomp", ratio=0.05, flash_attn=True, seed=0, verbose=False)
 first = llm(passkey_prompt(60, 0.5, "31415"), max_tokens=8, temperature=0.0)["choices"][0]["text"]
 stats = llm.compression_stats()
 state = llm.save_state()
@@ -106,7 +107,7 @@ except KeyboardInterrupt:
 pruned.on_prompt_progress = None
 again = pruned(passkey_prompt(60, 0.5, "31415"), max_tokens=8, temperature=0.0)["choices"][0]["text"]
 print(json.dumps({{"first": first, "turn": turn["choices"][0]["text"], "turn_again": turn_again["choices"][0]["text"],
-                  "kv_bytes": stats["kv_bytes"],
+                  "kv_bytes": stats["kv_bytes"], "fitted": stats["fitted"],
                   "kv_bytes_full": stats["kv_bytes_full"], "pruned": again, "prefill_kept": pruned.prefill_kept}}))
 pruned.close()
 """
@@ -126,6 +127,7 @@ def test_python_generate_under_asan(tmp_path):
     assert "31415" in result["first"], result
     assert result["turn_again"] == result["turn"], result
     assert result["kv_bytes"] < result["kv_bytes_full"] / 5, result
+    assert result["fitted"], result
     assert "31415" in result["pruned"] and result["prefill_kept"] is not None, result
 
 

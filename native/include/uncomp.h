@@ -52,6 +52,7 @@ struct llama_uncomp_layer_stats {
     uint64_t bytes_alloc; // K + V bytes allocated for the layer (all sequences)
     uint64_t bytes_per_token; // K + V bytes one token occupies in this layer
     int32_t  n_embd_k_gqa;    // key values per token: n_head_kv * head_dim
+    int32_t  first_row;       // rows below it have no memory of their own (a fitted cache), else 0
 };
 
 // Fills up to n_max entries of out (ordered by model layer) and returns the number of cache layers,
@@ -125,6 +126,7 @@ enum llama_uncomp_error {
     LLAMA_UNCOMP_ERR_NO_QUERIES   = -5, // no observed window queries for a layer
     LLAMA_UNCOMP_ERR_SHARED       = -6, // the sequence shares its cells or its cache stream with another one
     LLAMA_UNCOMP_ERR_DEVICE       = -7, // the cache's device could not run a step (out of memory); the cache is unchanged
+    LLAMA_UNCOMP_ERR_FITTED       = -8, // the cache is fitted to its layout (llama_uncomp_fit_next_cache): rebuild it unfitted first
 };
 
 LLAMA_API int32_t llama_uncomp_attach(struct llama_context * ctx, const struct llama_uncomp_params * params);
@@ -179,6 +181,19 @@ LLAMA_API void llama_uncomp_forget(struct llama_context * ctx, llama_seq_id seq_
 // the layer's per-head attention bias (kv_size x n_head f16; the layout is then unchanged).
 LLAMA_API int32_t llama_uncomp_head_start(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il, uint32_t * out, int32_t n_max);
 LLAMA_API int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq_id, int32_t il, const uint32_t * start, int32_t n);
+
+// Fitting a cache to a compressed layout. After a compression a layer's KV heads hold only the cells
+// from their first start on (llama_uncomp_head_start), yet llama.cpp allocates every layer the same
+// kv_size rows. While a plan is set, the KV caches this thread creates (llama_init_from_model) allocate
+// each model layer il only its rows from first_row[il] on (layers past n_layer: all): rows below are
+// placed on memory other layers hold, so they must never be written. A context rebuilt for a compressed
+// sequence with first_row[il] <= its heads' first start then holds the sequence's state (restored with
+// llama_state_set_data) and decodes after it in about the memory its kept rows take. Compressing,
+// setting a head layout below a fitted row, a pruned prefill, re-evaluating the sequence from an earlier
+// cell and shifting positions need an unfitted cache: the first three return LLAMA_UNCOMP_ERR_FITTED.
+// Fitting needs flash attention (V stored by rows) and one cache stream; other caches allocate as
+// usual (their layers' first_row stats stay 0). n_layer = 0 clears the plan. Returns 0 or < 0.
+LLAMA_API int32_t llama_uncomp_fit_next_cache(const int32_t * first_row, int32_t n_layer);
 
 //
 // Hidden-state pruning during prefill (UNComp's first stage), for sequence 0 of an attached context

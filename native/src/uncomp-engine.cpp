@@ -780,19 +780,24 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     return (int32_t) n_kept;
 }
 
-// 0 when st is an attached state whose method evicts, else the error the compress calls return
-int32_t check_compresses(const uncomp_state * st) {
+// 0 when st is an attached state whose method evicts and whose cache may be compacted, else the error
+// the compress calls return. A fitted cache (uncomp-fit.h) may not: compaction moves kept rows to cells
+// below a layer's first row.
+int32_t check_compresses(const llama_context * ctx, const uncomp_state * st) {
     if (st == nullptr) {
         return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
     }
-    return st->params.method == LLAMA_UNCOMP_METHOD_FULL ? LLAMA_UNCOMP_ERR_METHOD : 0;
+    if (st->params.method == LLAMA_UNCOMP_METHOD_FULL) {
+        return LLAMA_UNCOMP_ERR_METHOD;
+    }
+    return uncomp_context_fitted(ctx) ? LLAMA_UNCOMP_ERR_FITTED : 0;
 }
 
 } // namespace
 
 int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     uncomp_state * st = state_of(ctx);
-    if (const int32_t err = check_compresses(st)) {
+    if (const int32_t err = check_compresses(ctx, st)) {
         return err;
     }
     // one budget for every layer and head: the average asked for
@@ -860,7 +865,7 @@ void uncomp_start_scores(const llama_context * ctx, llama_seq_id seq_id) {
 
 int32_t llama_uncomp_compress_budgets(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * budgets, int64_t n_budgets) {
     uncomp_state * st = state_of(ctx);
-    if (const int32_t err = check_compresses(st)) {
+    if (const int32_t err = check_compresses(ctx, st)) {
         return err;
     }
     // budgets cover every cache layer (as llama_uncomp_layer_stats lists them), n_head_kv each;
@@ -942,6 +947,10 @@ int32_t llama_uncomp_set_head_start(struct llama_context * ctx, llama_seq_id seq
     if (cache == nullptr || start == nullptr || n != (int32_t) ctx->get_model().hparams.n_head_kv(il) ||
         std::any_of(start, start + n, [&](uint32_t s) { return s > cache->get_size(); })) {
         return LLAMA_UNCOMP_ERR_PARAMS;
+    }
+    const uint32_t first_row = uncomp_layer_first_row(cache, il);
+    if (std::any_of(start, start + n, [&](uint32_t s) { return s < first_row; })) {
+        return LLAMA_UNCOMP_ERR_FITTED; // the head would read rows the layer has no memory of
     }
     const bool all_zero = std::all_of(start, start + n, [](uint32_t s) { return s == 0; });
     if (!all_zero && !uncomp_layout_reserve(cache, il, ctx->get_model().hparams.n_head(il))) {

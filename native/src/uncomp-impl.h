@@ -31,6 +31,12 @@ std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx);
 // The cache holding model layer il, or nullptr (no such cache layer, or ctx is NULL).
 const llama_kv_cache * uncomp_cache_of_layer(const llama_context * ctx, int32_t il);
 
+// The first row layer il of a cache has memory of its own for (uncomp-fit.h; 0: not fitted).
+uint32_t uncomp_layer_first_row(const llama_kv_cache * cache, int32_t il);
+
+// Whether any cache layer of the context is fitted (rows below its first row must not be written).
+bool uncomp_context_fitted(const llama_context * ctx);
+
 // Truncated matrix entropy of n rows of d values (row r at x + r*stride), k_trunc <= 0: all d.
 float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d, int k_trunc);
 

@@ -214,6 +214,9 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
     if (llama_memory_seq_pos_max(llama_get_memory(ctx), 0) >= 0) {
         return LLAMA_UNCOMP_ERR_SHARED; // the prompt must start from an empty sequence
     }
+    if (uncomp_context_fitted(ctx)) {
+        return LLAMA_UNCOMP_ERR_FITTED; // the prefill writes every layer from cell 0
+    }
     // the residual rows live where the layer runs (512 MiB at 32k tokens for an 8B model)
     const ggml_init_params rows_params = { ggml_tensor_overhead(), nullptr, /*no_alloc =*/ true };
     ggml_context * rows_ctx = ggml_init(rows_params);

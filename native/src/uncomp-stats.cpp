@@ -1,6 +1,7 @@
 // KV-cache statistics: what each layer and KV head of a context's memory holds, in tokens and bytes.
 #include "uncomp.h"
 #include "uncomp-impl.h"
+#include "uncomp-fit.h"
 #include "uncomp-layout.h"
 
 #include "llama-context.h"
@@ -8,6 +9,7 @@
 #include "llama-kv-cache-iswa.h"
 #include "llama-model.h"
 
+#include <algorithm>
 #include <vector>
 
 std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx) {
@@ -35,6 +37,20 @@ std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx) {
         }
     }
     return present;
+}
+
+uint32_t uncomp_layer_first_row(const llama_kv_cache * cache, int32_t il) {
+    // K and V of a layer are fitted alike up to the alignment unit; the larger is what is safe to write
+    return std::max(uncomp_fitted_first_row(cache->get_k_storage(il)), uncomp_fitted_first_row(cache->get_v_storage(il)));
+}
+
+bool uncomp_context_fitted(const llama_context * ctx) {
+    for (const auto & l : uncomp_cache_layers(ctx)) {
+        if (uncomp_layer_first_row(l.cache, (int32_t) l.il) > 0) {
+            return true;
+        }
+    }
+    return false;
 }
 
 const llama_kv_cache * uncomp_cache_of_layer(const llama_context * ctx, int32_t il) {
@@ -112,9 +128,11 @@ int32_t llama_uncomp_layer_stats(
         s.is_swa          = l.is_swa ? 1 : 0;
         s.n_cells         = (int32_t) n_cells;
         s.bytes_held      = per_token * head_rows / n_head_kv;
-        s.bytes_alloc     = ggml_nbytes(k) + ggml_nbytes(v);
+        const uint32_t first_k = uncomp_fitted_first_row(k), first_v = uncomp_fitted_first_row(v);
+        s.bytes_alloc     = ggml_nbytes(k) - first_k * k->nb[1] + ggml_nbytes(v) - first_v * v->nb[1];
         s.bytes_per_token = per_token;
         s.n_embd_k_gqa    = (int32_t) hparams.n_embd_k_gqa(l.il);
+        s.first_row       = (int32_t) uncomp_layer_first_row(l.cache, (int32_t) l.il);
     }
     return (int32_t) layers.size();
 }
