@@ -518,11 +518,13 @@ class Llama(llama_cpp.Llama):
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
             cells = getattr(state, "uncomp_cells", state.n_tokens)
             layout = getattr(state, "uncomp_head_start", {})
-            if cells > self._ctx.n_ctx() or self._fitted:
-                # room for the saved cells; a shrinking cache fitted to the saved layout at once, so a
-                # session that loads a compressed prompt never allocates more than it holds
-                fit = layout if self._shrink_cache else {}
-                self._resize_context(max(cells, self._ctx.n_ctx()), fit=fit, keep=False)
+            if self._shrink_cache and layout:
+                # a compressed state: the context its next evaluation would shrink to at once (the saved
+                # cells and a batch of room, fitted to the saved layout), so a session that loads a
+                # compressed prompt allocates that and nothing more, once
+                self._resize_context(cells + self.n_batch, fit=layout, keep=False)
+            elif cells > self._ctx.n_ctx() or self._fitted:
+                self._resize_context(max(cells, self._ctx.n_ctx()), fit={}, keep=False)  # room for the saved cells
         super().load_state(state)
         if self._attached:
             self._set_head_starts(getattr(state, "uncomp_head_start", {}))
