@@ -396,6 +396,7 @@ class Llama(llama_cpp.Llama):
         if self._cells_used > self._ctx.n_ctx():
             # geometric growth: a long generation rebuilds the context a logarithmic number of times
             self._resize_context(max(self._cells_used + self.n_batch, self._ctx.n_ctx() * 3 // 2))
+            self._cells_used += n_new  # the resize counted the cells held; the n_new tokens come next
 
     def _resize_context(self, n_cells: int, fit: Optional[dict] = None, keep: bool = True) -> None:
         """Rebuilds the llama context with n_cells cells (rounded up to 256, at most n_ctx) and, with

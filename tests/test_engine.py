@@ -283,6 +283,29 @@ def test_shrunk_cache_releases_its_allocation_and_answers_the_same(smollm2_path)
     assert runs[True][5] == N_CTX  # n_ctx() stays what was asked for
 
 
+def test_a_shrunk_cache_grows_as_often_as_a_long_generation_needs(smollm2_path):
+    """Tokens appended one at a time to a shrunk cache grow it again and again (a small n_batch leaves
+    little room each time); every growth must count the token it makes room for, or the next one
+    comes a token late and llama_decode finds no cell. The logits match an unshrunk cache's."""
+    logits = {}
+    for shrink in (False, True):
+        llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="snapkv", ratio=0.2, n_batch=64, flash_attn=True, shrink_cache=shrink,
+                             seed=0, verbose=False)
+        try:
+            prompt = llm.tokenize(passkey_prompt(20, 0.5, "48151").encode())
+            llm.eval(prompt)
+            sizes = {llm._ctx.n_ctx()}
+            for i in range(700):
+                llm.eval([prompt[50 + i % 200]])
+                sizes.add(llm._ctx.n_ctx())
+            logits[shrink] = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+            if shrink:
+                assert len(sizes) >= 4, sizes  # shrunk, then grown at least twice
+        finally:
+            llm.close()
+    assert np.allclose(logits[True], logits[False], atol=1e-3)
+
+
 def test_a_fitted_cache_allocates_only_the_rows_its_layers_hold_and_answers_the_same(smollm2_path):
     """With flash attention a shrunk cache is fitted to the compressed layout: a layer whose heads keep
     fewer tokens allocates fewer rows, its unused rows lying on other layers' memory. Generation that
