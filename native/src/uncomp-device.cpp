@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -24,12 +25,6 @@ ggml_tensor * head_rows(ggml_context * ctx, ggml_tensor * storage, uint32_t stre
 // rows [0, kv_size) of every KV head of one stream of a K storage: [n_embd_k_gqa, kv_size]
 ggml_tensor * stream_rows(ggml_context * ctx, ggml_tensor * storage, uint32_t stream) {
     return ggml_view_2d(ctx, storage, storage->ne[0], storage->ne[1], storage->nb[1], stream * storage->nb[2]);
-}
-
-ggml_tensor * cell_index(ggml_context * ctx, const std::vector<uint32_t> & cells) {
-    ggml_tensor * idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) cells.size());
-    ggml_set_input(idx);
-    return idx;
 }
 
 } // namespace
@@ -162,6 +157,29 @@ ggml_tensor * shared_rows(ggml_context * ctx, const uncomp_head_cells & j, ggml_
     return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, rows, j.head_dim, n_head_kv, idx->ne[0]), 0, 2, 1, 3));
 }
 
+// whether a product can read a job's rows in place: its heads share one list of consecutive cells (a
+// prompt just evaluated) and its storage is a cache type the products read as they are (f16: cuBLAS on
+// tensor cores; q8_0, q4_0: ggml-cuda's quantized kernels). That spares an f32 copy of every row (on a
+// 32k prompt of the 8B shape, 128 MB written and read again per layer).
+bool reads_in_place(const uncomp_head_cells & j) {
+    const ggml_type t = j.storage->type;
+    if (!shares_cells(j) || (t != GGML_TYPE_F16 && t != GGML_TYPE_Q8_0 && t != GGML_TYPE_Q4_0) || j.head_dim % ggml_blck_size(t) != 0) {
+        return false;
+    }
+    const std::vector<uint32_t> & c = *j.cells[0];
+    for (size_t i = 1; i < c.size(); ++i) {
+        if (c[i] != c[0] + i) return false;
+    }
+    return true;
+}
+
+// the rows of a job that reads_in_place, as the cache holds them: [head_dim, n, n_head_kv], the cache's type
+ggml_tensor * rows_in_place(ggml_context * ctx, const uncomp_head_cells & j) {
+    const std::vector<uint32_t> & c = *j.cells[0];
+    return ggml_view_3d(ctx, j.storage, j.head_dim, (int64_t) c.size(), (int64_t) j.cells.size(), j.storage->nb[1],
+                        ggml_row_size(j.storage->type, j.head_dim), j.stream * j.storage->nb[2] + c[0] * j.storage->nb[1]);
+}
+
 // a [m, k, b] summed over its second dimension: [m, 1, b]. An outer product with a column of ones
 // (ones: an f32 vector of at least k·b ones) reads a once; permuting k into rows first would copy it.
 ggml_tensor * sum_dim1(ggml_context * ctx, ggml_tensor * a, ggml_tensor * ones) {
@@ -224,21 +242,36 @@ size_t n_heads_in(const std::vector<uncomp_head_cells> & jobs) {
     return n;
 }
 
-// the cell indices of every head of every job, uploaded after allocation; one tensor per distinct list
+// the cell indices of every head of every job: each distinct list once, all of them packed into one i32
+// input uploaded after allocation (one transfer: each is synchronous, and a compaction has a list per
+// head). Lists are named with want() before create(), then each one's view is taken with of().
 struct cell_inputs {
-    std::vector<std::pair<ggml_tensor *, const std::vector<uint32_t> *>> inputs;
-    std::unordered_map<const std::vector<uint32_t> *, ggml_tensor *> by_list;
+    std::unordered_map<const std::vector<uint32_t> *, int64_t> at; // where each list starts
+    std::vector<const std::vector<uint32_t> *> lists;
+    int64_t       n_values = 0;
+    ggml_tensor * all      = nullptr;
 
-    ggml_tensor * add(ggml_context * ctx, const std::vector<uint32_t> * cells) {
-        ggml_tensor *& idx = by_list[cells];
-        if (idx == nullptr) {
-            idx = cell_index(ctx, *cells);
-            inputs.emplace_back(idx, cells);
+    void want(const std::vector<uint32_t> * c) {
+        if (takes_part(c) && at.emplace(c, n_values).second) {
+            lists.push_back(c);
+            n_values += (int64_t) c->size();
         }
-        return idx;
+    }
+    void want(const uncomp_head_cells & j) {
+        for (const auto * c : j.cells) want(c);
+    }
+    void create(ggml_context * ctx) {
+        all = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, std::max<int64_t>(1, n_values));
+        ggml_set_input(all);
+    }
+    ggml_tensor * of(ggml_context * ctx, const std::vector<uint32_t> * cells) const {
+        return ggml_view_1d(ctx, all, (int64_t) cells->size(), at.at(cells) * sizeof(int32_t));
     }
     void upload() const {
-        for (const auto & [t, cells] : inputs) ggml_backend_tensor_set(t, cells->data(), 0, ggml_nbytes(t));
+        std::vector<uint32_t> packed;
+        packed.reserve((size_t) n_values);
+        for (const auto * c : lists) packed.insert(packed.end(), c->begin(), c->end());
+        if (!packed.empty()) ggml_backend_tensor_set(all, packed.data(), 0, packed.size() * sizeof(uint32_t));
     }
 };
 
@@ -346,6 +379,10 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
+    for (const auto & j : jobs) {
+        if (!reads_in_place(j.keys)) cells.want(j.keys);
+    }
+    cells.create(ctx);
     const ones_input ones(ctx, n_ones);
     std::vector<ggml_tensor *> q_in(jobs.size());
     packed_outputs mass(jobs.size());
@@ -368,7 +405,8 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer,
             // the same arithmetic per head as below
             const int64_t n = (int64_t) j.keys.cells[0]->size();
-            ggml_tensor * k = shared_rows(ctx, j.keys, cells.add(ctx, j.keys.cells[0]));   // [head_dim, n, n_head_kv] f32
+            ggml_tensor * k = reads_in_place(j.keys) ? rows_in_place(ctx, j.keys)           // [head_dim, n, n_head_kv]
+                                                     : shared_rows(ctx, j.keys, cells.of(ctx, j.keys.cells[0]));
             ggml_tensor * qg = ggml_reshape_3d(ctx, q_in[l], head_dim, j.wq * gqa, n_head_kv);
             ggml_tensor * kq = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, k, qg), n, j.wq, gqa, n_head_kv);
             mass.add_heads(l, mass_of(kq, n, n_head_kv), n_head_kv);
@@ -380,7 +418,7 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
             }
             const int64_t n_h = (int64_t) j.keys.cells[h]->size();
             ggml_tensor * k  = ggml_get_rows(ctx, head_rows(ctx, j.keys.storage, j.keys.stream, head_dim, h),
-                                             cells.add(ctx, j.keys.cells[h]));                          // [head_dim, n_h] f32
+                                             cells.of(ctx, j.keys.cells[h]));                          // [head_dim, n_h] f32
             ggml_tensor * qg = ggml_view_3d(ctx, q_in[l], head_dim, j.wq, gqa, q_in[l]->nb[1], q_in[l]->nb[2],
                                             h * gqa * q_in[l]->nb[2]);
             mass.add(l, (size_t) h, mass_of(ggml_mul_mat(ctx, k, qg), n_h, 1));                          // [n_h, wq, gqa]
@@ -425,6 +463,8 @@ uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> 
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
     cell_inputs cells;
+    for (const auto & j : jobs) cells.want(j);
+    cells.create(ctx);
     const ones_input ones(ctx, n_ones);
     packed_outputs gram(jobs.size());
     std::vector<size_t> heads_of(jobs.size());
@@ -435,7 +475,7 @@ uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> 
         if (shares_cells(j)) {
             // every head holds the same cells (a prompt just evaluated): one batched product for the layer
             const int64_t n_head_kv = (int64_t) j.cells.size();
-            ggml_tensor * idx = cells.add(ctx, j.cells[0]);
+            ggml_tensor * idx = cells.of(ctx, j.cells[0]);
             ggml_tensor * k = ggml_reshape_3d(ctx, ggml_get_rows(ctx, stream_rows(ctx, j.storage, j.stream), idx),
                                               head_dim, n_head_kv, idx->ne[0]);          // [head_dim, n_head_kv, n]
             gram.add_heads(l, unit_gram(ctx, k, ones.t), n_head_kv);                  // [head_dim, head_dim, n_head_kv]
@@ -446,7 +486,7 @@ uncomp_step_values uncomp_device::key_gram(const std::vector<uncomp_head_cells> 
                 continue;
             }
             ggml_tensor * k = ggml_get_rows(ctx, head_rows(ctx, j.storage, j.stream, head_dim, (int64_t) h),
-                                            cells.add(ctx, j.cells[h]));             // [head_dim, n_h]
+                                            cells.of(ctx, j.cells[h]));             // [head_dim, n_h]
             gram.add(l, h, unit_gram(ctx, ggml_reshape_3d(ctx, k, head_dim, 1, k->ne[1]), ones.t));
         }
     }
@@ -476,7 +516,25 @@ bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t 
     const size_t n_nodes = 8 * n_heads_in(jobs) + 2 * jobs.size() + 8;
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
+    // a job whose heads all take part moves in one gather and one write of [head_words, n_kept, n_head_kv]
+    // (a graph node per head cost more than the copies on a 32k prompt): head h's list is preceded by the
+    // rows [0, n_kept - n_h) themselves, which the write puts back as they were. K and V of a layer share one.
+    std::map<std::vector<const std::vector<uint32_t> *>, std::vector<uint32_t>> layer_rows; // [n_head_kv][n_kept]
     cell_inputs cells;
+    for (const auto & j : jobs) {
+        if (!std::all_of(j.cells.begin(), j.cells.end(), takes_part)) {
+            cells.want(j);
+            continue;
+        }
+        auto [it, fresh] = layer_rows.try_emplace(j.cells);
+        for (const auto * c : j.cells) {
+            if (!fresh) break;
+            for (uint32_t r = 0; r < n_kept - c->size(); ++r) it->second.push_back(r);
+            it->second.insert(it->second.end(), c->begin(), c->end());
+        }
+        cells.want(&it->second);
+    }
+    cells.create(ctx);
     for (const auto & j : jobs) {
         // the storage seen as 32-bit words, so that rows move bit for bit whatever their type
         ggml_tensor * words = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, j.storage->nb[1] / 4, j.storage->ne[1], j.storage->ne[2]);
@@ -484,14 +542,24 @@ bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t 
         words->buffer = j.storage->buffer;
         const size_t  head_bytes = ggml_row_size(j.storage->type, j.head_dim);
         const int64_t head_words = (int64_t) head_bytes / 4;
+        // rows are gathered into a buffer, then written: destinations overlap sources. Heads occupy
+        // disjoint words of a row, so one head's writes never touch another's sources.
+        if (auto it = layer_rows.find(j.cells); it != layer_rows.end()) {
+            const int64_t n_head_kv = (int64_t) j.cells.size();
+            auto heads_view = [&](int64_t n_rows) { // rows [0, n_rows) of every head: [head_words, n_rows, n_head_kv]
+                return ggml_view_3d(ctx, words, head_words, n_rows, n_head_kv, words->nb[1], head_bytes, j.stream * words->nb[2]);
+            };
+            ggml_tensor * idx  = ggml_reshape_2d(ctx, cells.of(ctx, &it->second), (int64_t) n_kept, n_head_kv);
+            ggml_tensor * rows = ggml_get_rows(ctx, heads_view(words->ne[1]), idx);          // [head_words, n_kept, n_head_kv]
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, rows, heads_view((int64_t) n_kept)));
+            continue;
+        }
         for (size_t h = 0; h < j.cells.size(); ++h) {
             if (!takes_part(j.cells[h])) {
                 continue;
             }
-            // a head's rows are gathered into a buffer, then written: its destinations overlap its sources;
-            // heads occupy disjoint words of a row, so one head's writes never touch another's sources
             ggml_tensor * rows = ggml_get_rows(ctx, head_rows(ctx, words, j.stream, head_words, (int64_t) h),
-                                               cells.add(ctx, j.cells[h]));                             // [head_words, n_h]
+                                               cells.of(ctx, j.cells[h]));                             // [head_words, n_h]
             const size_t first = n_kept - j.cells[h]->size();
             ggml_tensor * dst = ggml_view_2d(ctx, words, head_words, (int64_t) j.cells[h]->size(), words->nb[1],
                                              j.stream * words->nb[2] + h * head_bytes + first * words->nb[1]);

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -88,7 +89,12 @@ void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 &
         cells[h] = random_cells(wq + 5 + (int64_t) (rng() % (kv_size - wq - 5)), kv_size, rng);
     }
     for (const auto & c : cells) job.keys.cells.push_back(&c);
-    if (round == 1) { // every head holds the same cells (a prompt just evaluated): the batched product
+    if (round == 1) { // every head holds the same cells: the batched product over gathered rows
+        job.keys.cells.assign(k_n_head_kv, &cells[0]);
+    }
+    if (round == 2) { // every head holds the same consecutive cells (a prompt just evaluated): f16 rows read in place
+        const int64_t n = (int64_t) cells[0].size(), first = (int64_t) (rng() % (kv_size - n + 1));
+        std::iota(cells[0].begin(), cells[0].end(), (uint32_t) first);
         job.keys.cells.assign(k_n_head_kv, &cells[0]);
     }
     job.wq = wq;
