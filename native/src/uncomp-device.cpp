@@ -516,10 +516,12 @@ bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t 
     const size_t n_nodes = 8 * n_heads_in(jobs) + 2 * jobs.size() + 8;
     ggml_context * ctx = begin(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
-    // a job whose heads all take part moves in one gather and one write of [head_words, n_kept, n_head_kv]
-    // (a graph node per head cost more than the copies on a 32k prompt): head h's list is preceded by the
-    // rows [0, n_kept - n_h) themselves, which the write puts back as they were. K and V of a layer share one.
-    std::map<std::vector<const std::vector<uint32_t> *>, std::vector<uint32_t>> layer_rows; // [n_head_kv][n_kept]
+    // a job whose heads all take part moves in one gather and one write of [head_words, span, n_head_kv],
+    // span = its longest head's rows (a graph node pair per head cost more than the copies on a 32k
+    // prompt): rows [n_kept - span, n_kept) of every head, head h's list led by the rows
+    // [n_kept - span, n_kept - n_h) themselves, which the write puts back as they were. K and V of a layer
+    // share one list.
+    std::map<std::vector<const std::vector<uint32_t> *>, std::vector<uint32_t>> layer_rows; // [n_head_kv][span]
     cell_inputs cells;
     for (const auto & j : jobs) {
         if (!std::all_of(j.cells.begin(), j.cells.end(), takes_part)) {
@@ -527,9 +529,11 @@ bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t 
             continue;
         }
         auto [it, fresh] = layer_rows.try_emplace(j.cells);
+        size_t span = 0;
+        for (const auto * c : j.cells) span = std::max(span, c->size());
         for (const auto * c : j.cells) {
             if (!fresh) break;
-            for (uint32_t r = 0; r < n_kept - c->size(); ++r) it->second.push_back(r);
+            for (size_t r = n_kept - span; r < n_kept - c->size(); ++r) it->second.push_back((uint32_t) r);
             it->second.insert(it->second.end(), c->begin(), c->end());
         }
         cells.want(&it->second);
@@ -546,12 +550,14 @@ bool uncomp_device::compact(const std::vector<uncomp_head_cells> & jobs, size_t 
         // disjoint words of a row, so one head's writes never touch another's sources.
         if (auto it = layer_rows.find(j.cells); it != layer_rows.end()) {
             const int64_t n_head_kv = (int64_t) j.cells.size();
-            auto heads_view = [&](int64_t n_rows) { // rows [0, n_rows) of every head: [head_words, n_rows, n_head_kv]
-                return ggml_view_3d(ctx, words, head_words, n_rows, n_head_kv, words->nb[1], head_bytes, j.stream * words->nb[2]);
+            const int64_t span      = (int64_t) it->second.size() / n_head_kv;
+            auto heads_view = [&](int64_t first, int64_t n_rows) { // rows [first, first + n_rows) of every head
+                return ggml_view_3d(ctx, words, head_words, n_rows, n_head_kv, words->nb[1], head_bytes,
+                                    j.stream * words->nb[2] + first * words->nb[1]);     // [head_words, n_rows, n_head_kv]
             };
-            ggml_tensor * idx  = ggml_reshape_2d(ctx, cells.of(ctx, &it->second), (int64_t) n_kept, n_head_kv);
-            ggml_tensor * rows = ggml_get_rows(ctx, heads_view(words->ne[1]), idx);          // [head_words, n_kept, n_head_kv]
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, rows, heads_view((int64_t) n_kept)));
+            ggml_tensor * idx  = ggml_reshape_2d(ctx, cells.of(ctx, &it->second), span, n_head_kv);
+            ggml_tensor * rows = ggml_get_rows(ctx, heads_view(0, words->ne[1]), idx);       // [head_words, span, n_head_kv]
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, rows, heads_view((int64_t) n_kept - span, span)));
             continue;
         }
         for (size_t h = 0; h < j.cells.size(); ++h) {
