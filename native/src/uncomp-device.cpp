@@ -158,12 +158,12 @@ ggml_tensor * shared_rows(ggml_context * ctx, const uncomp_head_cells & j, ggml_
 }
 
 // whether a product can read a job's rows in place: its heads share one list of consecutive cells (a
-// prompt just evaluated) and its storage is a cache type the products read as they are (f16: cuBLAS on
-// tensor cores; q8_0, q4_0: ggml-cuda's quantized kernels). That spares an f32 copy of every row (on a
-// 32k prompt of the 8B shape, 128 MB written and read again per layer).
+// prompt just evaluated) and its storage is f16, which the products read as it is (cuBLAS on tensor
+// cores). That spares an f32 copy of every row (on a 32k prompt of the 8B shape, 128 MB written and
+// read again per layer). Quantized caches stay on gathered f32 rows: a product over q8_0 rows quantizes
+// the queries too, and on SmolLM2 13% of the kept rows then differed from the host path's.
 bool reads_in_place(const uncomp_head_cells & j) {
-    const ggml_type t = j.storage->type;
-    if (!shares_cells(j) || (t != GGML_TYPE_F16 && t != GGML_TYPE_Q8_0 && t != GGML_TYPE_Q4_0) || j.head_dim % ggml_blck_size(t) != 0) {
+    if (!shares_cells(j) || j.storage->type != GGML_TYPE_F16) {
         return false;
     }
     const std::vector<uint32_t> & c = *j.cells[0];
@@ -173,7 +173,7 @@ bool reads_in_place(const uncomp_head_cells & j) {
     return true;
 }
 
-// the rows of a job that reads_in_place, as the cache holds them: [head_dim, n, n_head_kv], the cache's type
+// the rows of a job that reads_in_place, as the cache holds them: [head_dim, n, n_head_kv] f16
 ggml_tensor * rows_in_place(ggml_context * ctx, const uncomp_head_cells & j) {
     const std::vector<uint32_t> & c = *j.cells[0];
     return ggml_view_3d(ctx, j.storage, j.head_dim, (int64_t) c.size(), (int64_t) j.cells.size(), j.storage->nb[1],
