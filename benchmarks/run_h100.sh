@@ -12,8 +12,9 @@
 #     small random model (tools/compress_probe.py); a next turn over a per-head layout evaluated as one
 #     batch gives the logits it gives one token at a time (tools/chunk_probe.py, also on SmolLM2);
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
-#     (parts are kept in /tmp/parts between calls of a warm machine); PASSKEY_ARGS are added to
-#     tools/passkey_answers.py's (e.g. "--prefill-keep 0.5");
+#     (parts are kept in /tmp/parts between calls of a warm machine: carry .src and part0 in one call,
+#     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
+#     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5");
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
