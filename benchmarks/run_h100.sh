@@ -14,7 +14,8 @@
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
 #     (parts are kept in /tmp/parts between calls of a warm machine: carry .src and part0 in one call,
 #     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
-#     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5");
+#     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
+#     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
@@ -52,7 +53,7 @@ if [ -f /tmp/parts/smollm2.sha256 ] && [ ! -f /tmp/smollm2.gguf ]; then
         echo "SmolLM2: parts so far: $(ls /tmp/parts | tr '\n' ' ')"
     fi
 fi
-if [ -f /tmp/smollm2.gguf ]; then
+if [ -f /tmp/smollm2.gguf ] && [ "${PASSKEYS:-1}" = 1 ]; then
     for ngl in 0 -1; do
         python3 tools/passkey_answers.py "$OUT/passkey_ngl$ngl.json" --model /tmp/smollm2.gguf --n-gpu-layers $ngl ${PASSKEY_ARGS:-}
     done

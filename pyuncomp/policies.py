@@ -110,7 +110,10 @@ class UNComp(Policy):
     needs_entropy = True
 
     def __init__(self, n_head_groups: int = 2, n_stages: int = 4, head_spread: float = 2.0, beta: float = 4.0,
-                 favour_low_entropy: bool = True):
+                 favour_low_entropy: bool = True, layer_order: str = "depth"):
+        if layer_order not in ("depth", "entropy"):
+            raise ValueError(f"layer_order: must be 'depth' or 'entropy', got {layer_order!r}")
+        self.layer_order = layer_order
         self.n_head_groups = n_head_groups
         self.favour_low_entropy = favour_low_entropy
         self.n_stages = n_stages
@@ -135,6 +138,11 @@ class UNComp(Policy):
         layer_entropy = np.array([float(np.mean(layer.entropy)) for layer in layers])
         stage = entropy_stages(layer_entropy, self.n_stages)
         schedule = pyramid_schedule(len(layers), self.beta)
+        if self.layer_order == "entropy":
+            # the schedule's top shares go to the stages of lowest mean entropy, whatever their depth
+            stage_entropy = np.array([layer_entropy[stage == s].mean() for s in stage])
+            order = np.argsort(stage_entropy if self.favour_low_entropy else -stage_entropy, kind="stable")
+            schedule = schedule[np.argsort(order, kind="stable")]
         stage_share = np.array([schedule[stage == s].mean() for s in stage])
         return [share * self.head_shares(layer.entropy) for layer, share in zip(layers, stage_share)]
 

@@ -77,6 +77,20 @@ def test_uncomp_shares_heads_by_entropy_and_layers_by_stage():
     assert all(w[np.argmax(e)] == w.max() and w[np.argmin(e)] == w.min() for w, e in zip(high_first, entropy))
 
 
+def test_uncomp_can_order_the_layer_pyramid_by_entropy_instead_of_depth():
+    # three clear stages: layers 0-3 high entropy, 4-7 lowest, 8-11 in between
+    levels = [0.8] * 4 + [0.6] * 4 + [0.7] * 4
+    layers = [LayerInfo(il=i, n_head_kv=2, entropy=np.array([e, e + 0.01])) for i, e in enumerate(levels)]
+    by_depth = [w.mean() for w in UNComp(n_stages=3).weights(layers)]
+    by_entropy = [w.mean() for w in UNComp(n_stages=3, layer_order="entropy").weights(layers)]
+    assert by_depth[0] > by_depth[4] > by_depth[8]
+    assert by_entropy[4] > by_entropy[8] > by_entropy[0]
+    assert np.mean(by_entropy) == pytest.approx(1.0)
+    assert sorted(set(np.round(by_entropy, 9))) == sorted(set(np.round(by_depth, 9)))  # the same shares, reordered
+    with pytest.raises(ValueError, match="layer_order"):
+        UNComp(layer_order="width")
+
+
 def test_more_head_groups_spread_linearly():
     shares = UNComp(n_head_groups=4).head_shares(np.array([0.4, 0.1, 0.3, 0.2]))
     assert list(np.argsort(-shares)) == [1, 3, 2, 0]

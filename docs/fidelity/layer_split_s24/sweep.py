@@ -1,0 +1,68 @@
+"""Which layer split should uncomp use? SmolLM2's grid (passkey, multi-key, multi-value, qa, chat; 2k and
+4k; 5 depths) answered under several policies from one evaluation of each prompt: snapkv, uncomp as it
+is (budget pyramid by depth, beta 4), milder or flat depth pyramids, and pyramids ordered by key entropy
+(the lowest-entropy stages get the top shares: docs/fidelity.md found SmolLM2's needles in layers 21-23,
+the layers of lowest key entropy). Policies are swapped in by name, so no setting needs a CLI flag.
+
+    python docs/fidelity/layer_split_s24/sweep.py OUT.json [--seeds 0 1] [--variants ...] [--n-gpu-layers N]
+"""
+import argparse
+import json
+import time
+
+import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+import pyuncomp.llama as engine
+from pyuncomp.eval.runner import Evaluator, Setting
+from pyuncomp.eval.tasks import MAX_TOKENS, make_samples
+from pyuncomp.policies import SnapKV, UNComp
+
+VARIANTS = {
+    "snapkv": SnapKV,
+    "uncomp": UNComp,
+    "depth-b1.5": lambda: UNComp(beta=1.5),
+    "flat": lambda: UNComp(beta=1.0),
+    "entropy-b2": lambda: UNComp(layer_order="entropy", beta=2.0),
+    "entropy-b4": lambda: UNComp(layer_order="entropy", beta=4.0),
+    "entropy-b2-layers": lambda: UNComp(layer_order="entropy", beta=2.0, n_stages=1000),
+}
+TASKS = ["passkey", "niah_multikey", "niah_multivalue", "qa", "chat"]
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--model", default=None)
+ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
+ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
+ap.add_argument("--n-gpu-layers", type=int, default=0)
+ap.add_argument("--no-full", action="store_true", help="skip the full cache's answers (recorded elsewhere)")
+args = ap.parse_args()
+
+chosen = {"factory": None}
+make_policy = engine.make_policy
+engine.make_policy = lambda method, n_head_groups=2: (chosen["factory"]() if chosen["factory"] and method == "uncomp"
+                                                      else make_policy(method, n_head_groups))
+ev = Evaluator(str(pyuncomp.resolve_model(args.model)), n_ctx=-(-(int(max(args.lengths) * 1.05) + 256) // 256) * 256,
+               n_gpu_layers=args.n_gpu_layers, n_threads=2 if args.n_gpu_layers == 0 else None)
+ev.llm.new_turns = "append"
+records, t0 = [], time.time()
+for seed in args.seeds:
+    for task in TASKS:
+        for n in args.lengths:
+            for sample in make_samples(task, n, (0.0, 0.25, 0.5, 0.75, 1.0), 1, seed, ev.count_tokens):
+                # the prompt is evaluated once; every policy compresses the same saved state (the setting's
+                # method is "uncomp", swapped for the variant's policy; the record keeps the variant's name)
+                chat = sample.followup is not None
+                tokens = ev._chat_tokens(sample.prompt) if chat else ev.llm.tokenize(sample.prompt.encode())
+                ev.llm.reset()
+                ev.llm.eval(tokens)
+                first, state = ev._argmax(), ev.llm.save_state()
+                todo = [("full", Setting("full", 1.0))] * (not args.no_full) + [(v, Setting("uncomp", r)) for v in args.variants
+                                                           for r in args.ratios]
+                for name, setting in todo:
+                    chosen["factory"] = VARIANTS.get(name)
+                    r = ev._answer(sample, tokens, setting, state, first, chat, MAX_TOKENS[task])
+                    r.update(seed=seed, variant=name, setting=name if name == "full" else f"{name} {setting.ratio:g}")
+                    records.append(r)
+    print(f"seed {seed}: {len(records)} answers so far, {time.time() - t0:.0f} s", flush=True)
+    json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
