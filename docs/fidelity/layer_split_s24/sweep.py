@@ -11,20 +11,10 @@ import json
 import time
 
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
-import pyuncomp.llama as engine
 from pyuncomp.eval.runner import Evaluator, Setting
 from pyuncomp.eval.tasks import MAX_TOKENS, make_samples
-from pyuncomp.policies import SnapKV, UNComp
+from variants import VARIANTS, use
 
-VARIANTS = {
-    "snapkv": SnapKV,
-    "uncomp": UNComp,
-    "depth-b1.5": lambda: UNComp(beta=1.5),
-    "flat": lambda: UNComp(beta=1.0),
-    "entropy-b2": lambda: UNComp(layer_order="entropy", beta=2.0),
-    "entropy-b4": lambda: UNComp(layer_order="entropy", beta=4.0),
-    "entropy-b2-layers": lambda: UNComp(layer_order="entropy", beta=2.0, n_stages=1000),
-}
 TASKS = ["passkey", "niah_multikey", "niah_multivalue", "qa", "chat"]
 
 ap = argparse.ArgumentParser()
@@ -38,10 +28,6 @@ ap.add_argument("--n-gpu-layers", type=int, default=0)
 ap.add_argument("--no-full", action="store_true", help="skip the full cache's answers (recorded elsewhere)")
 args = ap.parse_args()
 
-chosen = {"factory": None}
-make_policy = engine.make_policy
-engine.make_policy = lambda method, n_head_groups=2: (chosen["factory"]() if chosen["factory"] and method == "uncomp"
-                                                      else make_policy(method, n_head_groups))
 ev = Evaluator(str(pyuncomp.resolve_model(args.model)), n_ctx=-(-(int(max(args.lengths) * 1.05) + 256) // 256) * 256,
                n_gpu_layers=args.n_gpu_layers, n_threads=2 if args.n_gpu_layers == 0 else None)
 ev.llm.new_turns = "append"
@@ -60,7 +46,7 @@ for seed in args.seeds:
                 todo = [("full", Setting("full", 1.0))] * (not args.no_full) + [(v, Setting("uncomp", r)) for v in args.variants
                                                            for r in args.ratios]
                 for name, setting in todo:
-                    chosen["factory"] = VARIANTS.get(name)
+                    use(None if name == "full" else name)
                     r = ev._answer(sample, tokens, setting, state, first, chat, MAX_TOKENS[task])
                     r.update(seed=seed, variant=name, setting=name if name == "full" else f"{name} {setting.ratio:g}")
                     records.append(r)

@@ -1,24 +1,67 @@
-"""Per-cell and pooled scores of sweep.py's results (one or more files): one row per setting."""
+"""Per-cell and pooled scores of sweep.py's results (one or more files; answer_nll.py's get their own table), beside the answers recorded
+for the same samples by earlier runs (full, snapkv, pyramidkv and uncomp with beta 4; seed 0:
+docs/fidelity/smollm2 and smollm2_s18, seed 1: smollm2_seed1_s21). One row per setting; a cell's
+score is the mean over its prompts, a seed's average the mean over the 10 cells."""
 import json
 import sys
 from collections import defaultdict
 
-records = [r for path in sys.argv[1:] for r in json.load(open(path))["records"]]
-cells = sorted({(r["task"], r["length"]) for r in records})
-seeds = sorted({r["seed"] for r in records})
-by = defaultdict(list)
-for r in records:
-    by[(r["setting"], r["seed"], r["task"], r["length"])].append(r["score"])
-settings = list(dict.fromkeys(r["setting"] for r in records))
-print("| setting | " + " | ".join(f"{t} {n // 1024}k" for t, n in cells) + " | "
-      + " | ".join(f"seed {s}" for s in seeds) + " | pooled |")
-print("|---|" + "---|" * (len(cells) + len(seeds) + 1))
-for name in sorted(settings, key=lambda s: (s.split()[-1] if " " in s else "", s)):
-    cell = [100 * sum([x for s in seeds for x in by[(name, s, *c)]])
-            / max(1, len([x for s in seeds for x in by[(name, s, *c)]])) for c in cells]
-    per_seed = []
-    for s in seeds:
-        means = [100 * sum(by[(name, s, *c)]) / len(by[(name, s, *c)]) for c in cells if by[(name, s, *c)]]
-        per_seed.append(sum(means) / len(means))
-    print(f"| {name} | " + " | ".join(f"{x:.0f}" for x in cell) + " | " + " | ".join(f"{x:.2f}" for x in per_seed)
-          + f" | {sum(per_seed) / len(per_seed):.2f} |")
+CELLS = [(t, n) for t in ("chat", "niah_multikey", "niah_multivalue", "passkey", "qa") for n in (2048, 4096)]
+RECORDED = {0: ["docs/fidelity/smollm2/results.json", "docs/fidelity/smollm2_s18/results.json"],
+            1: ["docs/fidelity/smollm2_seed1_s21/results.json"]}
+KEEP = ("full", "snapkv 0.05", "snapkv 0.1", "pyramidkv 0.05", "pyramidkv 0.1", "uncomp 0.05", "uncomp 0.1")
+
+def answer_nll_table(path):
+    """answer_nll.py's records: per setting, the mean negative log-probability of the full cache's answer
+    tokens and how many of them are still the argmax, per length and pooled."""
+    records = json.load(open(path))["records"]
+    lengths = sorted({r["length"] for r in records})
+    print("| setting | " + " | ".join(f"NLL {n // 1024}k" for n in lengths) + " | NLL | same argmax | answers kept |")
+    print("|---|" + "---|" * (len(lengths) + 3))
+    for name in dict.fromkeys(r["setting"] for r in records):
+        rs = [r for r in records if r["setting"] == name]
+        per_len = [-sum(x for r in rs if r["length"] == n for x in r["log_p"])
+                   / sum(r["n"] for r in rs if r["length"] == n) for n in lengths]
+        lp = [x for r in rs for x in r["log_p"]]
+        agree = [x for r in rs for x in r["agree"]]
+        whole = sum(all(r["agree"]) for r in rs)
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in per_len)
+              + f" | {-sum(lp) / len(lp):.3f} | {100 * sum(agree) / len(agree):.1f}% | {whole}/{len(rs)} |")
+
+
+def grid_table(paths):
+    by = defaultdict(list)  # (setting, seed, task, length) -> scores
+    for seed, paths in RECORDED.items():
+        recorded = {}
+        for path in paths:  # a later file replaces a setting: smollm2_s18 holds uncomp with beta 4
+            records = json.load(open(path))["records"]
+            for name in {r["setting"] for r in records} & set(KEEP):
+                recorded[name] = [r for r in records if r["setting"] == name]
+        for name, records in recorded.items():
+            for r in records:
+                by[(name, seed, r["task"], r["length"])].append(r["score"])
+    for path in paths:
+        for r in json.load(open(path))["records"]:
+            if r["setting"] not in KEEP:  # the sweep's own full/snapkv/uncomp answers repeat the recorded ones
+                by[(r["setting"], r["seed"], r["task"], r["length"])].append(r["score"])
+    settings = list(dict.fromkeys(k[0] for k in by))
+    seeds = sorted({k[1] for k in by})
+    print("| setting | " + " | ".join(f"{t} {n // 1024}k" for t, n in CELLS) + " | "
+          + " | ".join(f"seed {s}" for s in seeds) + " | pooled |")
+    print("|---|" + "---|" * (len(CELLS) + len(seeds) + 1))
+    for name in sorted(settings, key=lambda s: (s != "full", s.split()[-1], s)):
+        cell = [[x for s in seeds for x in by[(name, s, *c)]] for c in CELLS]
+        per_seed = [sum(100 * sum(by[(name, s, *c)]) / len(by[(name, s, *c)]) for c in CELLS) / len(CELLS)
+                    if all(by[(name, s, *c)] for c in CELLS) else None for s in seeds]
+        done = [x for x in per_seed if x is not None]
+        print(f"| {name} | " + " | ".join(f"{100 * sum(x) / len(x):.0f}" if x else "" for x in cell) + " | "
+              + " | ".join("" if x is None else f"{x:.1f}" for x in per_seed)
+              + f" | {sum(done) / len(done) if len(done) == len(seeds) else float('nan'):.2f} |")
+
+
+if __name__ == "__main__":
+    nll = [p for p in sys.argv[1:] if "log_p" in json.load(open(p))["records"][0]]
+    grid_table([p for p in sys.argv[1:] if p not in nll])
+    for path in nll:
+        print()
+        answer_nll_table(path)

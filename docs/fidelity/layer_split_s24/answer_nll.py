@@ -1,0 +1,76 @@
+"""A finer measure than right/wrong for choosing a layer split: how well each compressed cache keeps
+the full cache's own answer. Per prompt (passkey, multi-key, multi-value, qa; 2k and 4k; 5 depths;
+several seeds), the full cache answers greedily; then, for each policy and ratio, the saved state is
+restored and compressed and that answer is fed back token by token, recording the log-probability
+the compressed cache gives each of its tokens and whether its own greedy choice would have been the
+same. (The answer's first token comes from the prompt's last logits, computed before any compression,
+so it is the same for all and left out.) Writes one record per (prompt, setting).
+
+    python docs/fidelity/layer_split_s24/answer_nll.py OUT.json [--seeds 2 3 4] [--variants ...]
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+from pyuncomp.eval.runner import Evaluator, Setting
+from pyuncomp.eval.tasks import MAX_TOKENS, make_samples, score
+from variants import VARIANTS, use
+
+TASKS = ["passkey", "niah_multikey", "niah_multivalue", "qa"]
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--model", default=None)
+ap.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
+ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
+ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
+args = ap.parse_args()
+
+ev = Evaluator(str(pyuncomp.resolve_model(args.model)), n_ctx=-(-(int(max(args.lengths) * 1.05) + 256) // 256) * 256,
+               n_threads=2)
+llm = ev.llm
+
+
+def log_probs() -> np.ndarray:
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).astype(np.float64)
+    return logits - (np.log(np.exp(logits - logits.max()).sum()) + logits.max())
+
+
+def follow(answer):
+    """log p of each answer token after the first, and whether it is this cache's own argmax"""
+    lp, agree = [], []
+    for prev, tok in zip(answer[:-1], answer[1:]):
+        llm.eval([prev])
+        p = log_probs()
+        lp.append(float(p[tok]))
+        agree.append(bool(int(np.argmax(p)) == tok))
+    return lp, agree
+
+
+records, t0 = [], time.time()
+for seed in args.seeds:
+    for task in TASKS:
+        for n in args.lengths:
+            for sample in make_samples(task, n, (0.0, 0.25, 0.5, 0.75, 1.0), 1, seed, ev.count_tokens):
+                tokens = llm.tokenize(sample.prompt.encode())
+                llm.reset()
+                llm.eval(tokens)
+                first, state = ev._argmax(), llm.save_state()
+                answer = ev._greedy(first, MAX_TOKENS[task])
+                full_score = score(sample.answers, llm.detokenize(answer).decode(errors="replace"))
+                for name, ratio in [("full", 1.0)] + [(v, r) for v in args.variants for r in args.ratios]:
+                    llm.load_state(state)
+                    if name != "full":
+                        use(name)
+                        llm.set_compression(**Setting("uncomp", ratio).config())
+                        llm.compress()
+                    lp, agree = follow(answer)
+                    records.append({"seed": seed, "task": task, "length": n, "depth": sample.depth,
+                                    "setting": name if name == "full" else f"{name} {ratio:g}",
+                                    "full_score": full_score, "n": len(lp), "log_p": lp, "agree": agree})
+    print(f"seed {seed}: {len(records)} records, {time.time() - t0:.0f} s", flush=True)
+    json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
