@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
-from pyuncomp.eval.runner import Evaluator, Setting
+from pyuncomp.eval.runner import Setting
 from pyuncomp.eval.tasks import MAX_TOKENS, make_samples, score
-from variants import VARIANTS, use
+from variants import VARIANTS, evaluator, use
 
 TASKS = ["passkey", "niah_multikey", "niah_multivalue", "qa"]
 
@@ -30,8 +30,7 @@ ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
 ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
 args = ap.parse_args()
 
-ev = Evaluator(str(pyuncomp.resolve_model(args.model)), n_ctx=-(-(int(max(args.lengths) * 1.05) + 256) // 256) * 256,
-               n_threads=2)
+ev = evaluator(pyuncomp.resolve_model(args.model), args.lengths, n_threads=2)
 llm = ev.llm
 
 

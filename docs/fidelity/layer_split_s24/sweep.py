@@ -11,9 +11,9 @@ import json
 import time
 
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
-from pyuncomp.eval.runner import Evaluator, Setting
+from pyuncomp.eval.runner import Setting
 from pyuncomp.eval.tasks import MAX_TOKENS, make_samples
-from variants import VARIANTS, use
+from variants import VARIANTS, evaluator, use
 
 TASKS = ["passkey", "niah_multikey", "niah_multivalue", "qa", "chat"]
 
@@ -28,8 +28,8 @@ ap.add_argument("--n-gpu-layers", type=int, default=0)
 ap.add_argument("--no-full", action="store_true", help="skip the full cache's answers (recorded elsewhere)")
 args = ap.parse_args()
 
-ev = Evaluator(str(pyuncomp.resolve_model(args.model)), n_ctx=-(-(int(max(args.lengths) * 1.05) + 256) // 256) * 256,
-               n_gpu_layers=args.n_gpu_layers, n_threads=2 if args.n_gpu_layers == 0 else None)
+ev = evaluator(pyuncomp.resolve_model(args.model), args.lengths, n_gpu_layers=args.n_gpu_layers,
+               n_threads=2 if args.n_gpu_layers == 0 else None)
 ev.llm.new_turns = "append"
 records, t0 = [], time.time()
 for seed in args.seeds:

@@ -1,5 +1,5 @@
-"""Per-cell and pooled scores of sweep.py's results (one or more files; answer_nll.py's get their own table), beside the answers recorded
-for the same samples by earlier runs (full, snapkv, pyramidkv and uncomp with beta 4; seed 0:
+"""Per-cell and pooled scores of sweep.py's results (one or more files; answer_nll.py's get their own
+table), beside the answers recorded for the same samples by earlier runs (full, snapkv, pyramidkv and uncomp with beta 4; seed 0:
 docs/fidelity/smollm2 and smollm2_s18, seed 1: smollm2_seed1_s21). One row per setting; a cell's
 score is the mean over its prompts, a seed's average the mean over the 10 cells."""
 import json
@@ -10,6 +10,7 @@ CELLS = [(t, n) for t in ("chat", "niah_multikey", "niah_multivalue", "passkey",
 RECORDED = {0: ["docs/fidelity/smollm2/results.json", "docs/fidelity/smollm2_s18/results.json"],
             1: ["docs/fidelity/smollm2_seed1_s21/results.json"]}
 KEEP = ("full", "snapkv 0.05", "snapkv 0.1", "pyramidkv 0.05", "pyramidkv 0.1", "uncomp 0.05", "uncomp 0.1")
+
 
 def answer_nll_table(path):
     """answer_nll.py's records: per setting, the mean negative log-probability of the full cache's answer
@@ -31,9 +32,9 @@ def answer_nll_table(path):
 
 def grid_table(paths):
     by = defaultdict(list)  # (setting, seed, task, length) -> scores
-    for seed, paths in RECORDED.items():
+    for seed, recorded_paths in RECORDED.items():
         recorded = {}
-        for path in paths:  # a later file replaces a setting: smollm2_s18 holds uncomp with beta 4
+        for path in recorded_paths:  # a later file replaces a setting: smollm2_s18 holds uncomp with beta 4
             records = json.load(open(path))["records"]
             for name in {r["setting"] for r in records} & set(KEEP):
                 recorded[name] = [r for r in records if r["setting"] == name]
