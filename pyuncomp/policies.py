@@ -100,16 +100,18 @@ class UNComp(Policy):
     low-entropy key heads kept 5/5 needles, favouring high-entropy ones 0/5 (docs/engine.md). So
     ``favour_low_entropy`` defaults to True.
 
-    The layer pyramid is milder than the reference's (``beta`` 4: shares 1.75 … 0.25, against 1.95 …
-    0.05 with its β = 20): on SmolLM2 at 2k and ratio 0.1, β = 20 starved the last stage's layers and
-    lost 2 of 10 multi-key needles that β = 4 and snapkv kept (docs/fidelity.md, "A milder layer
-    pyramid"). It also lowers the largest layer budget, which sets the cache's cells.
+    The layer pyramid is much milder than the reference's (``beta`` 1.5: shares 1.33 … 0.67, against
+    1.95 … 0.05 with its β = 20). SmolLM2's needles are read by its deep layers (21-23, docs/fidelity.md,
+    "Where uncomp 0.1 loses the needles"), which a steep pyramid starves: on its 2k/4k grid over six
+    seeds (GPU), β = 1.5 scored 47.4 at ratio 0.05 and 59.2 at 0.1, β = 4 (the default until
+    2026-12-03) 42.3 and 55.3, flat layers 46.6 and 56.0, snapkv 43.9 and 57.0 (docs/fidelity.md, "A
+    milder pyramid still"). It also lowers the largest layer budget, which sets the cache's cells.
     """
 
     name = "uncomp"
     needs_entropy = True
 
-    def __init__(self, n_head_groups: int = 2, n_stages: int = 4, head_spread: float = 2.0, beta: float = 4.0,
+    def __init__(self, n_head_groups: int = 2, n_stages: int = 4, head_spread: float = 2.0, beta: float = 1.5,
                  favour_low_entropy: bool = True, layer_order: str = "depth"):
         if layer_order not in ("depth", "entropy"):
             raise ValueError(f"layer_order: must be 'depth' or 'entropy', got {layer_order!r}")

@@ -17,8 +17,9 @@ def answer_nll_table(path):
     tokens and how many of them are still the argmax, per length and pooled."""
     records = json.load(open(path))["records"]
     lengths = sorted({r["length"] for r in records})
-    print("| setting | " + " | ".join(f"NLL {n // 1024}k" for n in lengths) + " | NLL | same argmax | answers kept |")
-    print("|---|" + "---|" * (len(lengths) + 3))
+    print("| setting | " + " | ".join(f"NLL {n // 1024}k" for n in lengths)
+          + " | NLL | same argmax | answers kept | first token NLL (pruned prompt) |")
+    print("|---|" + "---|" * (len(lengths) + 4))
     for name in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == name]
         per_len = [-sum(x for r in rs if r["length"] == n for x in r["log_p"])
@@ -26,13 +27,16 @@ def answer_nll_table(path):
         lp = [x for r in rs for x in r["log_p"]]
         agree = [x for r in rs for x in r["agree"]]
         whole = sum(all(r["agree"]) for r in rs)
+        first = [r["first_log_p"] for r in rs if r.get("first_log_p") is not None]
         print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in per_len)
-              + f" | {-sum(lp) / len(lp):.3f} | {100 * sum(agree) / len(agree):.1f}% | {whole}/{len(rs)} |")
+              + f" | {-sum(lp) / len(lp):.3f} | {100 * sum(agree) / len(agree):.1f}% | {whole}/{len(rs)} | "
+              + (f"{-sum(first) / len(first):.3f}" if first else "") + " |")
 
 
-def grid_table(paths):
+def grid_table(paths, recorded=True):
+    """recorded=False: every setting from paths alone (a run on another device, whose answers differ)."""
     by = defaultdict(list)  # (setting, seed, task, length) -> scores
-    for seed, recorded_paths in RECORDED.items():
+    for seed, recorded_paths in RECORDED.items() if recorded else ():
         recorded = {}
         for path in recorded_paths:  # a later file replaces a setting: smollm2_s18 holds uncomp with beta 4
             records = json.load(open(path))["records"]
@@ -43,7 +47,7 @@ def grid_table(paths):
                 by[(name, seed, r["task"], r["length"])].append(r["score"])
     for path in paths:
         for r in json.load(open(path))["records"]:
-            if r["setting"] not in KEEP:  # the sweep's own full/snapkv/uncomp answers repeat the recorded ones
+            if not recorded or r["setting"] not in KEEP:  # the sweep's own full/snapkv/uncomp answers repeat the recorded ones
                 by[(r["setting"], r["seed"], r["task"], r["length"])].append(r["score"])
     settings = list(dict.fromkeys(k[0] for k in by))
     seeds = sorted({k[1] for k in by})
@@ -61,8 +65,10 @@ def grid_table(paths):
 
 
 if __name__ == "__main__":
-    nll = [p for p in sys.argv[1:] if "log_p" in json.load(open(p))["records"][0]]
-    grid_table([p for p in sys.argv[1:] if p not in nll])
+    own = "--own" in sys.argv  # no recorded answers beside the files' own
+    files = [p for p in sys.argv[1:] if p != "--own"]
+    nll = [p for p in files if "log_p" in json.load(open(p))["records"][0]]
+    grid_table([p for p in files if p not in nll], recorded=not own)
     for path in nll:
         print()
         answer_nll_table(path)

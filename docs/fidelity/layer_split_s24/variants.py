@@ -6,7 +6,8 @@ from pyuncomp.policies import SnapKV, UNComp
 
 VARIANTS = {
     "snapkv": SnapKV,
-    "uncomp": UNComp,  # the default: pyramid by depth, beta 4
+    "uncomp": UNComp,  # the engine's default (pyramid by depth, beta 4 until session 25, then 1.5)
+    "depth-b4": lambda: UNComp(beta=4.0),
     "depth-b1.5": lambda: UNComp(beta=1.5),
     "flat": lambda: UNComp(beta=1.0),  # layers equal, heads split by entropy
     "entropy-b2": lambda: UNComp(layer_order="entropy", beta=2.0),
