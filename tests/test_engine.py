@@ -313,6 +313,7 @@ def test_a_fitted_cache_allocates_only_the_rows_its_layers_hold_and_answers_the_
     another session give the same greedy text as an unfitted cache, and the engine refuses to compact a
     fitted cache or to give a head rows below its layer's memory."""
     from pyuncomp._native import ffi, lib
+    from pyuncomp.policies import UNComp
 
     prompt = passkey_prompt(90, 0.3, "53812")
     runs = {}
@@ -323,6 +324,8 @@ def test_a_fitted_cache_allocates_only_the_rows_its_layers_hold_and_answers_the_
                       seed=0, verbose=False)
         llm = pyuncomp.Llama(smollm2_path, **kwargs)
         other = pyuncomp.Llama(smollm2_path, **kwargs, share_model_with=llm)
+        for model in (llm, other):  # a steep layer pyramid spreads the layers' first rows that far
+            model.policy = UNComp(beta=4.0)
         try:
             out = [llm(prompt, max_tokens=600, temperature=0.0)["choices"][0]["text"]]  # outgrows the shrunk cells
             grown = llm.compression_stats()

@@ -4,7 +4,7 @@ is (budget pyramid by depth, beta 4), milder or flat depth pyramids, and pyramid
 (the lowest-entropy stages get the top shares: docs/fidelity.md found SmolLM2's needles in layers 21-23,
 the layers of lowest key entropy). Policies are swapped in by name, so no setting needs a CLI flag.
 
-    python docs/fidelity/layer_split_s24/sweep.py OUT.json [--seeds 0 1] [--variants ...] [--n-gpu-layers N]
+    python docs/fidelity/layer_split_s24/sweep.py OUT.json [--seeds 0 1] [--variants ...] [--tasks ...] [--n-gpu-layers N]
 """
 import argparse
 import json
@@ -21,6 +21,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("out")
 ap.add_argument("--model", default=None)
 ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+ap.add_argument("--tasks", nargs="+", default=TASKS, help="e.g. without chat for a GGUF with no chat template")
 ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
 ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
 ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
@@ -33,7 +34,7 @@ ev = evaluator(pyuncomp.resolve_model(args.model), args.lengths, n_gpu_layers=ar
 ev.llm.new_turns = "append"
 records, t0 = [], time.time()
 for seed in args.seeds:
-    for task in TASKS:
+    for task in args.tasks:
         for n in args.lengths:
             for sample in make_samples(task, n, (0.0, 0.25, 0.5, 0.75, 1.0), 1, seed, ev.count_tokens):
                 # the prompt is evaluated once; every policy compresses the same saved state (the setting's

@@ -1,12 +1,11 @@
 """Per-cell and pooled scores of sweep.py's results (one or more files; answer_nll.py's get their own
 table), beside the answers recorded for the same samples by earlier runs (full, snapkv, pyramidkv and uncomp with beta 4; seed 0:
 docs/fidelity/smollm2 and smollm2_s18, seed 1: smollm2_seed1_s21). One row per setting; a cell's
-score is the mean over its prompts, a seed's average the mean over the 10 cells."""
+score is the mean over its prompts, a seed's average the mean over its cells."""
 import json
 import sys
 from collections import defaultdict
 
-CELLS = [(t, n) for t in ("chat", "niah_multikey", "niah_multivalue", "passkey", "qa") for n in (2048, 4096)]
 RECORDED = {0: ["docs/fidelity/smollm2/results.json", "docs/fidelity/smollm2_s18/results.json"],
             1: ["docs/fidelity/smollm2_seed1_s21/results.json"]}
 KEEP = ("full", "snapkv 0.05", "snapkv 0.1", "pyramidkv 0.05", "pyramidkv 0.1", "uncomp 0.05", "uncomp 0.1")
@@ -50,14 +49,15 @@ def grid_table(paths, recorded=True):
             if not recorded or r["setting"] not in KEEP:  # the sweep's own full/snapkv/uncomp answers repeat the recorded ones
                 by[(r["setting"], r["seed"], r["task"], r["length"])].append(r["score"])
     settings = list(dict.fromkeys(k[0] for k in by))
+    cells = sorted({k[2:] for k in by})  # (task, length)
     seeds = sorted({k[1] for k in by})
-    print("| setting | " + " | ".join(f"{t} {n // 1024}k" for t, n in CELLS) + " | "
+    print("| setting | " + " | ".join(f"{t} {n // 1024}k" for t, n in cells) + " | "
           + " | ".join(f"seed {s}" for s in seeds) + " | pooled |")
-    print("|---|" + "---|" * (len(CELLS) + len(seeds) + 1))
+    print("|---|" + "---|" * (len(cells) + len(seeds) + 1))
     for name in sorted(settings, key=lambda s: (s != "full", s.split()[-1], s)):
-        cell = [[x for s in seeds for x in by[(name, s, *c)]] for c in CELLS]
-        per_seed = [sum(100 * sum(by[(name, s, *c)]) / len(by[(name, s, *c)]) for c in CELLS) / len(CELLS)
-                    if all(by[(name, s, *c)] for c in CELLS) else None for s in seeds]
+        cell = [[x for s in seeds for x in by[(name, s, *c)]] for c in cells]
+        per_seed = [sum(100 * sum(by[(name, s, *c)]) / len(by[(name, s, *c)]) for c in cells) / len(cells)
+                    if all(by[(name, s, *c)] for c in cells) else None for s in seeds]
         done = [x for x in per_seed if x is not None]
         print(f"| {name} | " + " | ".join(f"{100 * sum(x) / len(x):.0f}" if x else "" for x in cell) + " | "
               + " | ".join("" if x is None else f"{x:.1f}" for x in per_seed)

@@ -118,7 +118,7 @@ for seed in args.seeds:
                 records.append(rec)
                 print(f"{seed} {task} {n_target} {sample.depth}: " +
                       " ".join(f"{int(v['values'])}/{v['keys']:.2f}" for v in rec["kept"].values()), f"{time.time() - t0:.0f} s", flush=True)
-    json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
+                json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
 
 names = list(records[0]["kept"])
 for name in names:
