@@ -7,7 +7,7 @@ same. (The answer's first token comes from the prompt's last logits, computed be
 so it is the same for all and left out.) With --prefill-keeps, the prompt is also evaluated with a
 pruned prefill keeping each fraction (issue #6) and every variant and ratio compresses that too; its
 first answer token's log-probability comes from the pruned prompt's logits ("first_log_p"; an unpruned
-setting's is the full cache's). Writes one record per (prompt, setting).
+setting's is the full cache's; session 25's seed-2 file has none for unpruned settings). Writes one record per (prompt, setting).
 
     python docs/fidelity/layer_split_s24/answer_nll.py OUT.json [--seeds 2 3 4] [--variants ...] [--prefill-keeps 0.5]
 """
@@ -64,9 +64,9 @@ for seed in args.seeds:
                 llm.reset()
                 llm.eval(tokens)
                 first, state = ev._argmax(), llm.save_state()
+                first_lp = float(log_probs()[first])  # the prompt's own: the same for every unpruned setting
                 answer = ev._greedy(first, MAX_TOKENS[task])
                 full_score = score(sample.answers, llm.detokenize(answer).decode(errors="replace"))
-                first_lp = None
                 for keep in [None] + args.prefill_keeps:
                     if keep is not None:  # the same prompt, pruned: its own logits and cache
                         llm.reset()

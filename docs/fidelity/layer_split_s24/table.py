@@ -17,7 +17,7 @@ def answer_nll_table(path):
     records = json.load(open(path))["records"]
     lengths = sorted({r["length"] for r in records})
     print("| setting | " + " | ".join(f"NLL {n // 1024}k" for n in lengths)
-          + " | NLL | same argmax | answers kept | first token NLL (pruned prompt) |")
+          + " | NLL | same argmax | answers kept | first token NLL |")
     print("|---|" + "---|" * (len(lengths) + 4))
     for name in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == name]
