@@ -45,6 +45,17 @@ def test_needles_sit_at_their_depth(evaluator):
         assert abs(at - depth) < 0.08, (depth, at)
 
 
+def test_token_span_finds_the_tokens_of_a_needle(evaluator):
+    s = make_samples("passkey", 600, [0.5], 1, seed=0, count_tokens=evaluator.count_tokens)[0]
+    tokens = evaluator.llm.tokenize(s.prompt.encode())
+    span = evaluator.token_span(tokens, s.answers[0])
+    assert span == list(range(span[0], span[-1] + 1))
+    assert s.answers[0] in evaluator.llm.detokenize([tokens[i] for i in span]).decode()
+    assert s.answers[0] not in evaluator.llm.detokenize([tokens[i] for i in span[1:]]).decode()
+    assert s.answers[0] not in evaluator.llm.detokenize([tokens[i] for i in span[:-1]]).decode()
+    assert evaluator.token_span(tokens, "no such text anywhere") == []
+
+
 def test_an_answer_under_a_setting_is_the_answer_of_normal_use(smollm2_path, evaluator):
     # the runner evaluates the prompt once and compresses a saved copy per setting; a user's Llama
     # with the same setting evaluates and compresses the prompt itself: the same greedy answer

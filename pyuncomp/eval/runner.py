@@ -79,6 +79,18 @@ class Evaluator:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode(), add_bos=False))
 
+    def token_span(self, tokens: List[int], text: str) -> List[int]:
+        """Indices of the tokens that hold the first occurrence of text in the detokenized tokens
+        (empty when it does not occur): where a needle sits in an evaluated prompt."""
+        ends, decoded = [], b""
+        for t in tokens:
+            decoded += self.llm.detokenize([t])
+            ends.append(len(decoded.decode(errors="replace")))
+        at = decoded.decode(errors="replace").find(text)
+        if at < 0:
+            return []
+        return [i for i, e in enumerate(ends) if e > at and (i == 0 or ends[i - 1] < at + len(text))]
+
     def run(self, sample: Sample, settings: List[Setting], on_result: Optional[Callable[[dict], None]] = None) -> List[dict]:
         """The answer and score of sample under each setting, one record each."""
         llm = self.llm

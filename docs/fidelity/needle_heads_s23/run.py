@@ -18,16 +18,7 @@ report = []
 for task, length, depth in CASES:
     sample = make_samples(task, length, [depth] if depth is not None else [0.5], 1, 1, ev.count_tokens)[0]
     tokens = llm.tokenize(sample.prompt.encode())
-    # character offset where each token ends, to find the needles' numbers
-    ends, text = [], b""
-    for t in tokens:
-        text += llm.detokenize([t])
-        ends.append(len(text.decode(errors="replace")))
-    prompt_text = text.decode(errors="replace")
-    spans = []
-    for value in sample.answers:
-        at = prompt_text.find(value)
-        spans.append([i for i, e in enumerate(ends) if e > at and (i == 0 or ends[i - 1] < at + len(value))])
+    spans = [ev.token_span(tokens, value) for value in sample.answers]
     llm.reset()
     llm.eval(tokens)
     first = ev._argmax()

@@ -56,7 +56,8 @@ def layer_mass(il: int) -> np.ndarray:
 
 
 def kept_by(score: np.ndarray, n: int, w: int, n_keep: int, n_sink: int) -> set:
-    """The engine's selection: average-pooled prefix scores, top (n_keep - w - sinks), sinks and window in."""
+    """The engine's selection: average-pooled prefix scores (score[: n - w]; a longer score's window part is
+    not read), top (n_keep - w - sinks), sinks and window in."""
     pooled = np.convolve(score[: n - w], np.ones(cfg.pool_kernel) / cfg.pool_kernel, mode="same")
     order = np.argsort(-pooled[n_sink:], kind="stable") + n_sink
     return set(range(n_sink)) | set(order[: max(0, n_keep - w - n_sink)].tolist()) | set(range(n - w, n))
@@ -75,19 +76,10 @@ for seed in args.seeds:
         for n_target in args.lengths:
             for sample in make_samples(task, n_target, (0.0, 0.25, 0.5, 0.75, 1.0), 1, seed, ev.count_tokens):
                 tokens = llm.tokenize(sample.prompt.encode())
-                ends, text = [], b""
-                for t in tokens:
-                    text += llm.detokenize([t])
-                    ends.append(len(text.decode(errors="replace")))
-                prompt_text = text.decode(errors="replace")
-
-                def span(chars: str) -> list:
-                    at = prompt_text.find(chars)
-                    return [i for i, e in enumerate(ends) if e > at and (i == 0 or ends[i - 1] < at + len(chars))]
                 # per needle the answer holds: its value's tokens and its key's (the word the question names)
                 key = sample.meta.get("key", "pass key")
-                values = [span(v) for v in sample.answers]
-                keys = [span(f"{key} is: {v}" if task != "passkey" else f"pass key is {v}")[:-len(values[i])]
+                values = [ev.token_span(tokens, v) for v in sample.answers]
+                keys = [ev.token_span(tokens, f"{key} is: {v}" if task != "passkey" else f"pass key is {v}")[:-len(values[i])]
                         for i, v in enumerate(sample.answers)]
                 llm.reset()
                 llm.eval(tokens)
@@ -109,8 +101,6 @@ for seed in args.seeds:
                 rec = {"seed": seed, "task": task, "length": n_target, "depth": sample.depth, "n": n,
                        "n_keep": n_keep, "values": values, "keys": keys, "kept": {}}
                 for name, score in rankings.items():
-                    score = np.concatenate([score[: n - w], np.zeros(w)]) if len(score) == n else \
-                        np.concatenate([score, np.zeros(w)])
                     kept = kept_by(score, n, w, n_keep, cfg.n_sink)
                     # every needle's value whole, and the share of its key's tokens kept
                     rec["kept"][name] = {"values": all(i in kept for v in values for i in v),
