@@ -34,12 +34,11 @@ llm = ev.llm
 cfg = llm.compression
 
 
-def layer_mass(il: int) -> np.ndarray:
+def layer_mass(il: int, n_head_kv: int) -> np.ndarray:
     """[n_head_kv, n] window attention mass of layer il over every token (window rows included)."""
     keys = llm.cached_keys(il)                       # [n, n_head_kv * hd]
     q = llm.window_queries(il)                       # [w, n_head * hd]
     n, w = len(keys), len(q)
-    n_head_kv = {s["il"]: s["n_head_kv"] for s in llm._layer_stats(0)}[il]
     hd = keys.shape[1] // n_head_kv
     n_head = q.shape[1] // hd
     k = keys.reshape(n, n_head_kv, hd)
@@ -84,8 +83,9 @@ for seed in args.seeds:
                 llm.reset()
                 llm.eval(tokens)
                 n = len(tokens)
-                layers = [s["il"] for s in llm._layer_stats(0)]
-                mass = np.stack([layer_mass(il).sum(axis=0) for il in layers])  # [n_layer, n]
+                heads_kv = {s["il"]: s["n_head_kv"] for s in llm._layer_stats(0)}
+                layers = list(heads_kv)
+                mass = np.stack([layer_mass(il, heads_kv[il]).sum(axis=0) for il in layers])  # [n_layer, n]
                 w = len(llm.window_queries(layers[0]))
                 n_keep = n - (n - math.ceil(args.keep * n)) // 256 * 256
                 L = args.layer
