@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import models
+from .config import NEW_TURNS
 
 
 def _add_model_args(p: argparse.ArgumentParser, ratio: float = 1.0) -> None:
@@ -241,9 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--seed", type=int, default=0)
-    chat.add_argument("--new-turns", choices=["append", "reevaluate"], default="append",
+    chat.add_argument("--new-turns", choices=NEW_TURNS, default="append",
                       help="append (default): a turn is evaluated after the kept tokens; reevaluate: the whole "
-                           "chat is evaluated again each turn, so its compression is scored by the new question")
+                           "chat is evaluated again each turn, so its compression is scored by the new question; "
+                           "recall: the same selection from a host-memory copy of the whole cache, without "
+                           "evaluating the chat again")
     chat.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="accuracy of every method and ratio on synthetic long-context tasks",
@@ -268,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     ev.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1 = all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.add_argument("--new-turns", choices=["append", "reevaluate"], default="append",
+    ev.add_argument("--new-turns", choices=NEW_TURNS, default="append",
                     help="how the chat task's second turn meets the compressed first one (default append)")
     ev.set_defaults(func=cmd_eval)
 

@@ -10,6 +10,8 @@ from typing import Optional
 from ._native import ffi, lib
 
 METHODS = tuple(ffi.string(lib.llama_uncomp_method_name(m)).decode() for m in range(lib.LLAMA_UNCOMP_METHOD_COUNT))
+# how a chat's next turn meets a compressed history (``Llama(new_turns=...)``)
+NEW_TURNS = ("append", "reevaluate", "recall")
 
 
 @dataclass(frozen=True)

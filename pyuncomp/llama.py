@@ -15,7 +15,7 @@ import numpy as np
 from llama_cpp import _internals
 
 from ._native import context_ptr, ffi, lib, llama_cpp
-from .config import CompressionConfig
+from .config import NEW_TURNS, CompressionConfig
 from .policies import LayerInfo, fit_budgets, make_policy
 
 GGUF_MAGIC = b"GGUF"
@@ -109,7 +109,11 @@ class Llama(llama_cpp.Llama):
     ``"append"`` (default) evaluates it after the kept tokens and compresses again; ``"reevaluate"``
     evaluates the whole history afresh (full cache, then compressed, scored by the new turn's window),
     so that tokens the first compression evicted can answer the new question, at the price of
-    evaluating the history again each turn. May be set at any time.
+    evaluating the history again each turn; ``"recall"`` gets the same selection without evaluating
+    the history again: each compression first copies the whole cache of the sequence to host memory
+    (``compression_stats()["recall_bytes"]``), and the next turn (or a rewind into the history)
+    restores it and evaluates only the tokens since, before compressing scored by the new turn.
+    May be set at any time.
     on_unsupported: what to do when the model's memory is not a KV cache (recurrent or hybrid
     architectures): ``"error"`` (default) raises ValueError naming the architecture; ``"full"`` warns
     (RuntimeWarning) and runs the model with its own, uncompressed memory.
@@ -145,6 +149,7 @@ class Llama(llama_cpp.Llama):
                 raise ValueError(f"{name}: must be True or False, got {value!r}")
         if on_unsupported not in ("error", "full"):
             raise ValueError(f"on_unsupported: must be 'error' or 'full', got {on_unsupported!r}")
+        self._recall = None
         self.new_turns = new_turns
         self.auto_compress = auto_compress  # may be switched at any time
         # called as (tokens evaluated, tokens in the prompt) while a long prompt of a compressing model is
@@ -224,9 +229,11 @@ class Llama(llama_cpp.Llama):
 
     @new_turns.setter
     def new_turns(self, value: str) -> None:
-        if value not in ("append", "reevaluate"):
-            raise ValueError(f"new_turns: must be 'append' or 'reevaluate', got {value!r}")
+        if value not in NEW_TURNS:
+            raise ValueError(f"new_turns: must be one of {', '.join(map(repr, NEW_TURNS))}, got {value!r}")
         self._new_turns = value
+        if value != "recall":
+            self._recall = None  # (tokens, bytes) of the whole cache at the last compression
 
     def _prefill_layer_of(self, config: CompressionConfig) -> Optional[int]:
         """The layer a pruned prefill stops at under config (None: no pruning); ValueError when the
@@ -262,7 +269,13 @@ class Llama(llama_cpp.Llama):
         if not self._attached:
             return super().eval(tokens)
         diverges = self.n_tokens < self._compressed_upto - self.compression.window
-        new_turn = self.new_turns == "reevaluate" and self._compressed_upto > 0 and len(tokens) > 1
+        new_turn = self.new_turns != "append" and self._compressed_upto > 0 and len(tokens) > 1
+        if self.n_tokens == 0:
+            self._recall = None  # a fresh sequence: the copy was of another history
+        recall = self._recall is not None and (diverges or new_turn)
+        if recall:
+            tokens = self._restore_recall_copy(tokens)
+            diverges = new_turn = False
         if self._fitted and (self.n_tokens == 0 or diverges or new_turn or len(tokens) > 1):
             # a fitted cache takes appended tokens only: a sequence evaluated again from cell 0 needs every
             # layer's rows, and a multi-token evaluation is compressed next (which moves rows below)
@@ -279,7 +292,7 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = 0
             self._compressed_upto = 0
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
-        if self._shrink_pending and len(tokens) > 0:  # an exact prompt-cache hit samples the old logits
+        if self._shrink_pending and len(tokens) > 0 and not recall:  # an exact prompt-cache hit samples the old logits
             self._shrink_pending = False
             self._resize_context(self._cells_held() + max(len(tokens), self.n_batch))
         self._ensure_cells(len(tokens))
@@ -354,12 +367,47 @@ class Llama(llama_cpp.Llama):
             last = int(self.input_ids[self.n_tokens - 1])
             self.n_tokens -= 1
             llama_cpp.Llama.eval(self, [last])
+        # the whole cache, for the next turn to re-select from (a cache already compressed or pruned
+        # cannot give back what it lost: no copy)
+        whole = all(min(self._tokens_kept(s["il"], s["n_head_kv"], 0)) == self.n_tokens
+                    for s in self._layer_stats(0) if not s["is_swa"])
+        self._recall = self._copy_sequence() if self.new_turns == "recall" and whole else None
         self._compress(0)
         self._compressed_upto = self.n_tokens
         # the shrink waits for the next evaluation: the context holds the logits to sample from,
         # which a rebuilt context would not have
         self._shrink_pending = self._shrink_cache
         return True
+
+    def _copy_sequence(self):
+        """(tokens, bytes): the tokens sequence 0 holds and its whole cache, copied to host memory."""
+        ctx = self._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, data, size, 0) != size:
+            raise RuntimeError("pyuncomp: could not copy the cache for new_turns='recall'")
+        return np.array(self._input_ids[: self.n_tokens]), data
+
+    def _restore_recall_copy(self, tokens) -> list:
+        """Puts the whole cache copied at the last compression back, rewound to the longest prefix its
+        tokens share with the sequence's; returns what to evaluate after it: the sequence's tokens since
+        that prefix, then tokens."""
+        copied, data = self._recall
+        n = min(len(copied), self.n_tokens)
+        keep = int(np.argmin(np.append(copied[:n] == self._input_ids[:n], False)))  # the first difference
+        pending = list(self._input_ids[keep: self.n_tokens]) + list(tokens)
+        lib.llama_uncomp_forget(self._ctx_ptr(), 0)  # the compressed layout goes with the compressed rows
+        if self._fitted or self._ctx.n_ctx() < len(copied) + len(pending):
+            self._resize_context(len(copied) + max(len(pending), self.n_batch), fit={}, keep=False)
+        if llama_cpp.llama_state_seq_set_data(self._ctx.ctx, data, len(data), 0) != len(data):
+            raise RuntimeError("pyuncomp: could not restore the cache copied for new_turns='recall'")
+        self._ctx.kv_cache_seq_rm(0, keep, -1)
+        self.n_tokens = keep
+        self._compressed_upto = 0
+        self._shrink_pending = False
+        self._cells_used = keep
+        self._recall = None  # the next compression copies the cache again
+        return pending
 
     def set_compression(self, **changes) -> None:
         """Changes compression settings (the keyword arguments of the constructor's compression
@@ -515,6 +563,7 @@ class Llama(llama_cpp.Llama):
 
     def load_state(self, state) -> None:
         """Restores a saved state (compressed or not) like the parent."""
+        self._recall = None  # the copy was of the history before
         if self._attached:
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
             cells = getattr(state, "uncomp_cells", state.n_tokens)
@@ -613,7 +662,8 @@ class Llama(llama_cpp.Llama):
 
         Keys: ``method``, ``ratio``, ``n_tokens`` (tokens evaluated), ``kv_bytes`` (K+V bytes held),
         ``kv_bytes_full`` (what a full cache holds for the same tokens), ``kv_bytes_allocated``,
-        ``fitted`` (each layer allocates only the rows it holds, ``shrink_cache``),
+        ``fitted`` (each layer allocates only the rows it holds, ``shrink_cache``), ``recall_bytes``
+        (host memory of the whole-cache copy ``new_turns="recall"`` keeps for the next turn),
         ``layers`` (model layer index of each cache layer), ``swa_layers``, and ``tokens_kept``
         (per cache layer, one count per KV head), ``entropy`` (the key entropy of each KV head of each
         compressible layer that the last compression split budgets by; None for methods that do not
@@ -645,4 +695,5 @@ class Llama(llama_cpp.Llama):
             "tokens_kept": tokens_kept,
             "entropy": None if self._entropy is None else [[float(v) for v in e] for e in self._entropy],
             "fitted": self._fitted,
+            "recall_bytes": 0 if self._recall is None else len(self._recall[1]),
         }

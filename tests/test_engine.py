@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import pyuncomp
+from pyuncomp._native import llama_cpp
 
 N_CTX = 4096
 
@@ -70,7 +71,6 @@ def test_uncomp_keeps_the_passkey_at_2k_like_the_full_cache_and_snapkv(engines):
 
 @pytest.mark.parametrize("cache_type", ["q8_0", "q4_0"])
 def test_uncomp_over_a_quantized_cache_keeps_the_passkey_and_its_bytes(smollm2_path, cache_type):
-    import llama_cpp
     type_id = {"q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}[cache_type]
     llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="uncomp", ratio=0.05, flash_attn=True,
                          type_k=type_id, type_v=type_id, seed=0, verbose=False)
@@ -184,23 +184,36 @@ def test_a_new_turn_is_appended_then_recompressed(engines, method):
     assert held <= round(0.1 * stats["n_tokens"]) + 8
 
 
-def test_new_turns_reevaluate_answers_a_turn_as_a_fresh_evaluation_of_the_whole_chat(smollm2_path):
-    """new_turns="reevaluate": a chat's second turn re-evaluates the history with the full cache and
-    compresses it scored by the new question, so it answers as a model given the whole chat at once."""
+@pytest.mark.parametrize("new_turns", ["reevaluate", "recall"])
+def test_new_turns_answer_a_turn_as_a_fresh_evaluation_of_the_whole_chat(smollm2_path, new_turns, monkeypatch):
+    """new_turns="reevaluate" (the history evaluated again) and "recall" (the whole cache copied at the
+    last compression, restored): a chat's second turn is compressed scored by the new question from
+    the whole history, so it answers as a model given the whole chat at once; recall evaluates only
+    the tokens since the copy."""
     doc = passkey_prompt(60, 0.3, "27364")
     turn1 = [{"role": "user", "content": doc.rsplit("What is", 1)[0] + "Say OK."}]
     kwargs = dict(n_ctx=N_CTX, method="uncomp", ratio=0.05, seed=0, verbose=False)
-    llm = pyuncomp.Llama(smollm2_path, new_turns="reevaluate", **kwargs)
+    llm = pyuncomp.Llama(smollm2_path, new_turns=new_turns, **kwargs)
     fresh = pyuncomp.Llama(smollm2_path, share_model_with=llm, **kwargs)
     try:
         a1 = llm.create_chat_completion(turn1, max_tokens=4, temperature=0.0)["choices"][0]["message"]
+        n_turn1 = llm.compression_stats()["n_tokens"]
+        assert (llm.compression_stats()["recall_bytes"] > 0) == (new_turns == "recall")
+        evaluated = []
+        parent_eval = llama_cpp.Llama.eval
+        monkeypatch.setattr(llama_cpp.Llama, "eval", lambda self, tokens: (evaluated.append(len(tokens)), parent_eval(self, tokens))[1])
         turn2 = turn1 + [a1, {"role": "user", "content": "What is the pass key?"}]
         got = llm.create_chat_completion(turn2, max_tokens=10, temperature=0.0)["choices"][0]["message"]["content"]
+        monkeypatch.undo()
         want = fresh.create_chat_completion(turn2, max_tokens=10, temperature=0.0)["choices"][0]["message"]["content"]
         assert got == want
+        # the tokens evaluated for the second turn (its prompt, then one per generated token)
+        assert (sum(evaluated) > n_turn1) == (new_turns == "reevaluate")
         stats = llm.compression_stats()
         assert stats["kv_bytes"] < stats["kv_bytes_full"] / 5  # compressed again after the turn
-        with pytest.raises(ValueError, match="new_turns: must be 'append' or 'reevaluate'"):
+        if new_turns == "recall":  # the copy is the whole cache of the history so far
+            assert stats["recall_bytes"] > stats["kv_bytes_full"] * (stats["n_tokens"] - 10) / stats["n_tokens"]
+        with pytest.raises(ValueError, match="new_turns: must be one of 'append', 'reevaluate', 'recall'"):
             llm.new_turns = "recompute"
     finally:
         fresh.close()
