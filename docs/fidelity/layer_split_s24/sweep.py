@@ -5,6 +5,7 @@ is (budget pyramid by depth, beta 4), milder or flat depth pyramids, and pyramid
 the layers of lowest key entropy). Policies are swapped in by name, so no setting needs a CLI flag.
 
     python docs/fidelity/layer_split_s24/sweep.py OUT.json [--seeds 0 1] [--variants ...] [--tasks ...] [--n-gpu-layers N]
+        [--new-turns append|reevaluate|recall]
 """
 import argparse
 import json
@@ -27,11 +28,12 @@ ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
 ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
 ap.add_argument("--n-gpu-layers", type=int, default=0)
 ap.add_argument("--no-full", action="store_true", help="skip the full cache's answers (recorded elsewhere)")
+ap.add_argument("--new-turns", default="append", help="how the chat's second turn meets the first (Llama's new_turns)")
 args = ap.parse_args()
 
 ev = evaluator(pyuncomp.resolve_model(args.model), args.lengths, n_gpu_layers=args.n_gpu_layers,
                n_threads=2 if args.n_gpu_layers == 0 else None)
-ev.llm.new_turns = "append"
+ev.llm.new_turns = args.new_turns
 records, t0 = [], time.time()
 for seed in args.seeds:
     for task in args.tasks:
