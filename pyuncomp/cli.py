@@ -55,7 +55,8 @@ def _chat_stats(llm) -> str:
     return (f"{s['method']} ratio {s['ratio']}: {s['n_tokens']} tokens, KV held {s['kv_bytes'] / 2**20:.1f} MiB of "
             f"{s['kv_bytes_full'] / 2**20:.1f} MiB full ({s['kv_bytes'] / max(s['kv_bytes_full'], 1):.1%}), "
             f"allocated {s['kv_bytes_allocated'] / 2**20:.1f} MiB; tokens kept per head {kept.min()}-{kept.max()} "
-            f"(mean {kept.mean():.0f})")
+            f"(mean {kept.mean():.0f})" + (f"; host copy for the next turn {s['recall_bytes'] / 2**20:.1f} MiB"
+                                           if s["recall_bytes"] else ""))
 
 
 def _chat_command(llm, line: str, attached: list) -> None:
@@ -242,11 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--seed", type=int, default=0)
-    chat.add_argument("--new-turns", choices=NEW_TURNS, default="append",
-                      help="append (default): a turn is evaluated after the kept tokens; reevaluate: the whole "
-                           "chat is evaluated again each turn, so its compression is scored by the new question; "
-                           "recall: the same selection from a host-memory copy of the whole cache, without "
-                           "evaluating the chat again")
+    chat.add_argument("--new-turns", choices=NEW_TURNS, default="recall",
+                      help="recall (default): each turn's compression re-selects from the whole chat, scored by "
+                           "the new question, restored from a host-memory copy of the uncompressed cache; "
+                           "reevaluate: the same selection, evaluating the chat again each turn (no copy); "
+                           "append: a turn is evaluated after the kept tokens (no copy; earlier turns keep "
+                           "only what their own end attended to)")
     chat.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="accuracy of every method and ratio on synthetic long-context tasks",

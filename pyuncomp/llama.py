@@ -150,6 +150,7 @@ class Llama(llama_cpp.Llama):
         if on_unsupported not in ("error", "full"):
             raise ValueError(f"on_unsupported: must be 'error' or 'full', got {on_unsupported!r}")
         self._recall = None
+        self._offloaded = kwargs.get("n_gpu_layers", 0) != 0
         self.new_turns = new_turns
         self.auto_compress = auto_compress  # may be switched at any time
         # called as (tokens evaluated, tokens in the prompt) while a long prompt of a compressing model is
@@ -232,6 +233,12 @@ class Llama(llama_cpp.Llama):
         if value not in NEW_TURNS:
             raise ValueError(f"new_turns: must be one of {', '.join(map(repr, NEW_TURNS))}, got {value!r}")
         self._new_turns = value
+        if value != "append" and self._offloaded:
+            # on CUDA, a turn re-selected from the whole history (reevaluate, recall) later replayed a stale
+            # CUDA graph ("illegal instruction" at cudaGraphLaunch; SmolLM2's chat grid, session 26), which
+            # GGML_CUDA_DISABLE_GRAPHS=1 avoided. Until the cause is found, graphs are off in such a process
+            # (ggml reads the variable at its first graph: it must be set before any model has run there)
+            os.environ.setdefault("GGML_CUDA_DISABLE_GRAPHS", "1")
         if value != "recall":
             self._recall = None  # (tokens, bytes) of the whole cache at the last compression
 

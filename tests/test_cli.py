@@ -31,7 +31,7 @@ def test_chat_streams_a_reply_per_turn(smollm2_path):
     assert r.stdout == "> " + case["content"] + "\n> "
 
 
-@pytest.mark.parametrize("new_turns", ["append", "reevaluate"])
+@pytest.mark.parametrize("new_turns", ["append", "reevaluate", "recall"])
 def test_chat_keeps_the_conversation(smollm2_path, new_turns):
     # the second turn sees the first: the prompt grows, so the reply differs from a fresh one
     r = pyuncomp("chat", "--model", smollm2_path, "--max-tokens", "16", "--new-turns", new_turns,
@@ -55,6 +55,7 @@ def test_chat_commands_change_and_report_compression(smollm2_path, tmp_path):
     stats = [line for line in r.stderr.splitlines() if line.startswith("snapkv ratio 0.1:")]
     assert len(stats) == 1
     held = float(stats[0].split("(")[1].split("%")[0])
+    assert "host copy for the next turn" in stats[0]  # the chat's default new_turns="recall" keeps one
     assert held < 20  # snapkv 0.1 held about a tenth of the full cache for the document's prompt
     assert r.stdout.replace("> ", "").strip()  # the reply to the question (commands print nothing on stdout)
 
