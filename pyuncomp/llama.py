@@ -112,7 +112,8 @@ class Llama(llama_cpp.Llama):
     evaluating the history again each turn; ``"recall"`` gets the same selection without evaluating
     the history again: each compression first copies the whole cache of the sequence to host memory
     (``compression_stats()["recall_bytes"]``), and the next turn (or a rewind into the history)
-    restores it and evaluates only the tokens since, before compressing scored by the new turn.
+    restores it and evaluates only the tokens since, before compressing scored by the new turn (with
+    no copy, e.g. after ``load_state``, the turn re-evaluates the history as ``"reevaluate"`` does).
     May be set at any time.
     on_unsupported: what to do when the model's memory is not a KV cache (recurrent or hybrid
     architectures): ``"error"`` (default) raises ValueError naming the architecture; ``"full"`` warns
