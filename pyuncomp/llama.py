@@ -280,8 +280,7 @@ class Llama(llama_cpp.Llama):
         new_turn = self.new_turns != "append" and self._compressed_upto > 0 and len(tokens) > 1
         if self.n_tokens == 0:
             self._recall = None  # a fresh sequence: the copy was of another history
-        recall = self._recall is not None and (diverges or new_turn)
-        if recall:
+        if self._recall is not None and (diverges or new_turn):
             tokens = self._restore_recall_copy(tokens)
             diverges = new_turn = False
         if self._fitted and (self.n_tokens == 0 or diverges or new_turn or len(tokens) > 1):
@@ -300,7 +299,7 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = 0
             self._compressed_upto = 0
             lib.llama_uncomp_forget(self._ctx_ptr(), 0)
-        if self._shrink_pending and len(tokens) > 0 and not recall:  # an exact prompt-cache hit samples the old logits
+        if self._shrink_pending and len(tokens) > 0:  # an exact prompt-cache hit samples the old logits
             self._shrink_pending = False
             self._resize_context(self._cells_held() + max(len(tokens), self.n_batch))
         self._ensure_cells(len(tokens))
@@ -377,9 +376,9 @@ class Llama(llama_cpp.Llama):
             llama_cpp.Llama.eval(self, [last])
         # the whole cache, for the next turn to re-select from (a cache already compressed or pruned
         # cannot give back what it lost: no copy)
-        whole = all(min(self._tokens_kept(s["il"], s["n_head_kv"], 0)) == self.n_tokens
-                    for s in self._layer_stats(0) if not s["is_swa"])
-        self._recall = self._copy_sequence() if self.new_turns == "recall" and whole else None
+        copy = self.new_turns == "recall" and all(min(self._tokens_kept(s["il"], s["n_head_kv"], 0)) == self.n_tokens
+                                                  for s in self._layer_stats(0) if not s["is_swa"])
+        self._recall = self._copy_sequence() if copy else None
         self._compress(0)
         self._compressed_upto = self.n_tokens
         # the shrink waits for the next evaluation: the context holds the logits to sample from,

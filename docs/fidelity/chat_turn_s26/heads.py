@@ -1,18 +1,18 @@
 """Which KV heads keep the chat's lucky number after a recalled turn, under uncomp's budgets and under
 snapkv's equal ones (issue #5)? The whole chat (note, reply "OK", question) is evaluated unpruned; each
 head's selection at the second turn's compression is recomputed offline from the question's window
-queries and the cached keys (as score.py does), with the budgets the policy would give.
+queries and the cached keys (selection.py), with the budgets the policy would give.
 
     python docs/fidelity/chat_turn_s26/heads.py --seed 1 --length 2048 --depth 0.0 [--ratio 0.1]
 """
 import argparse
-import math
 
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
 from pyuncomp.eval.runner import Evaluator
 from pyuncomp.eval.tasks import make_samples
 from pyuncomp.policies import LayerInfo, fit_budgets, make_policy
+from selection import prefix_order, window_mass
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--seed", type=int, default=1)
@@ -43,21 +43,10 @@ for method in ("uncomp", "snapkv"):
 rows = []
 for s, b_u, b_s in zip(stats, budgets["uncomp"], budgets["snapkv"]):
     il, kv = s["il"], s["n_head_kv"]
-    keys, q = llm.cached_keys(il), llm.window_queries(il)
-    hd = keys.shape[1] // kv
-    k = keys.reshape(n, kv, hd)
-    q = q.reshape(len(q), -1, hd)
-    group = q.shape[1] // kv
-    mass = np.zeros((kv, n))
-    causal = np.arange(n)[None, :] > (n - len(q) + np.arange(len(q)))[:, None]
-    for h in range(q.shape[1]):
-        sc = q[:, h] @ k[:, h // group].T / math.sqrt(hd)
-        sc[causal] = -np.inf
-        p = np.exp(sc - sc.max(axis=1, keepdims=True))
-        mass[h // group] += (p / p.sum(axis=1, keepdims=True)).sum(axis=0)
+    q = llm.window_queries(il)
+    mass = window_mass(llm.cached_keys(il), q, kv, n, n - len(q))
     for h in range(kv):
-        pooled = np.convolve(mass[h][: n - w], np.ones(cfg.pool_kernel) / cfg.pool_kernel, mode="same")
-        order = np.argsort(-pooled, kind="stable")
+        order = prefix_order(mass[h], n, w, cfg.pool_kernel)
         rank = {i: int(np.where(order == i)[0][0]) for i in digits}
         kept = lambda b: sum(rank[i] < b - w for i in digits)  # noqa: E731
         rows.append((il, h, int(b_u[h]), int(b_s[h]), kept(int(b_u[h])), kept(int(b_s[h])), max(rank.values())))

@@ -1,8 +1,8 @@
 """Which scores keep a chat's first-turn fact for a question not yet asked? (issue #5, chat in append mode).
 In append mode the first turn is compressed at its end, scored by its last queries ("reply OK"); the
 question comes a turn later. Each first turn is evaluated once, unpruned; for each scoring, each KV head's
-selection (budget ratio x n, flat; pooled, top prefix tokens + window, as the engine) is recomputed offline
-and we record the share of (layer, head) pairs that keep every token of the lucky number.
+selection (budget ratio x n, flat; pooled, top prefix tokens + window, as the engine: selection.py) is
+recomputed offline and we record the share of (layer, head) pairs that keep every token of the lucky number.
 
 Scorings: the turn's own window queries (today), a probe turn's queries (a generic user question evaluated
 after the turn and dropped), the real question's queries (the oracle), and the key norm (low first).
@@ -11,13 +11,13 @@ after the turn and dropped), the real question's queries (the oracle), and the k
 """
 import argparse
 import json
-import math
 import time
 
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
 from pyuncomp.eval.runner import Evaluator
 from pyuncomp.eval.tasks import make_samples
+from selection import prefix_order, window_mass
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out")
@@ -40,25 +40,9 @@ ok = llm.tokenize(b"OK", add_bos=False) + [llm.token_eos()]
 ok = [t for t in ok if t is not None]
 
 
-def mass(keys, q, n_head_kv, n):
-    """[n_head_kv, n] attention mass of queries q (all after the first n keys' positions, or the last rows
-    of them) over the first n keys."""
-    hd = keys.shape[1] // n_head_kv
-    k = keys[:n].reshape(n, n_head_kv, hd)
-    q = q.reshape(len(q), -1, hd)
-    out = np.zeros((n_head_kv, n))
-    group = q.shape[1] // n_head_kv
-    for h in range(q.shape[1]):
-        s = q[:, h] @ k[:, h // group].T / math.sqrt(hd)
-        p = np.exp(s - s.max(axis=1, keepdims=True))
-        out[h // group] += (p / p.sum(axis=1, keepdims=True)).sum(axis=0)
-    return out
-
-
 def kept_number(score, n, budget, span, w=8):
-    """Whether the engine's selection by score (pooled prefix, top budget - w, last w in) keeps span."""
-    pooled = np.convolve(score[: n - w], np.ones(cfg.pool_kernel) / cfg.pool_kernel, mode="same")
-    top = set(np.argsort(-pooled, kind="stable")[: max(0, budget - w)].tolist())
+    """Whether the engine's selection by score (top budget - w of the prefix, the last w in) keeps span."""
+    top = set(prefix_order(score, n, w, cfg.pool_kernel)[: max(0, budget - w)].tolist())
     return all(i in top or i >= n - w for i in span)
 
 
@@ -91,7 +75,8 @@ for seed in args.seeds:
                             hd = keys[il].shape[1] // kv
                             m = -np.linalg.norm(keys[il][:n].reshape(n, kv, hd), axis=2).T
                         else:
-                            m = mass(keys[il], query_sets[name][il], kv, n)
+                            q = query_sets[name][il]  # the turn's own window sits in its last rows
+                            m = window_mass(keys[il], q, kv, n, n - len(q) if name.startswith("turn end") else n)
                         per_layer.append([kept_number(m[h], n, budget, span) for h in range(kv)])
                     rec["kept"][f"{name} @ {ratio}"] = per_layer
             records.append(rec)
