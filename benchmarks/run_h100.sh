@@ -16,6 +16,7 @@
 #     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
+#   - PRUNE_PROBE=1: the pruned prefill's answers on CUDA against the CPU's (tools/prune_probe.py);
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
@@ -62,6 +63,17 @@ if [ -f /tmp/smollm2.gguf ] && [ "${PASSKEYS:-1}" = 1 ]; then
     if [ -n "${SOAK_CALLS:-}" ]; then
         python3 tools/soak.py --model /tmp/smollm2.gguf --calls "$SOAK_CALLS" --n-gpu-layers -1 | tee "$OUT/soak_gpu.txt"
     fi
+fi
+# PRUNE_PROBE=1: the pruned prefill's answers on CUDA (CUDA graphs on, then off, then flash attention off)
+# against the CPU's recorded ones (session 27: three prompts differed)
+if [ -f /tmp/smollm2.gguf ] && [ "${PRUNE_PROBE:-0}" = 1 ]; then
+    ref=docs/fidelity/smollm2_prefill_prune_s27_gpu/probe_cpu.json
+    python3 tools/prune_probe.py "$OUT/probe_cuda.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 || true
+    GGML_CUDA_DISABLE_GRAPHS=1 python3 tools/prune_probe.py "$OUT/probe_cuda_nographs.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 || true
+    python3 tools/prune_probe.py "$OUT/probe_cuda_nofa.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 --flash-attn off || true
+    for run in probe_cuda probe_cuda_nographs probe_cuda_nofa; do
+        echo "== $run vs the CPU"; python3 tools/prune_probe.py --compare "$ref" "$OUT/$run.json" || true
+    done
 fi
 
 if [ "${SCHED_DEBUG:-0}" = 1 ]; then
