@@ -16,7 +16,7 @@
 #     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
-#   - PRUNE_PROBE=1: the pruned prefill's answers on CUDA against the CPU's (tools/prune_probe.py);
+#   - PRUNE_PROBE=1: the pruned prefill's answers on CUDA, graphs on and off, against the CPU's (tools/eval_compare.py);
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
@@ -64,15 +64,16 @@ if [ -f /tmp/smollm2.gguf ] && [ "${PASSKEYS:-1}" = 1 ]; then
         python3 tools/soak.py --model /tmp/smollm2.gguf --calls "$SOAK_CALLS" --n-gpu-layers -1 | tee "$OUT/soak_gpu.txt"
     fi
 fi
-# PRUNE_PROBE=1: the pruned prefill's answers on CUDA (CUDA graphs on, then off, then flash attention off)
-# against the CPU's recorded ones (session 27: three prompts differed)
+# PRUNE_PROBE=1: the pruned prefill's answers on CUDA, CUDA graphs on and off, against the CPU's recorded
+# ones (session 27: on the H200 a run of same-length 2k prompts answered empty strings where the CPU did not)
 if [ -f /tmp/smollm2.gguf ] && [ "${PRUNE_PROBE:-0}" = 1 ]; then
-    ref=docs/fidelity/smollm2_prefill_prune_s27_gpu/probe_cpu.json
-    python3 tools/prune_probe.py "$OUT/probe_cuda.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 || true
-    GGML_CUDA_DISABLE_GRAPHS=1 python3 tools/prune_probe.py "$OUT/probe_cuda_nographs.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 || true
-    python3 tools/prune_probe.py "$OUT/probe_cuda_nofa.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 --flash-attn off || true
-    for run in probe_cuda probe_cuda_nographs probe_cuda_nofa; do
-        echo "== $run vs the CPU"; python3 tools/prune_probe.py --compare "$ref" "$OUT/$run.json" || true
+    probe() { (cd /tmp && python3 -m pyuncomp eval niah_multikey niah_multivalue --model /tmp/smollm2.gguf --n-gpu-layers -1 \
+        --lengths 2048 --samples 2 --seed 0 --methods uncomp --ratios 0.1 --prefill-keeps 0.5 --quiet --out "$1") || true; }
+    probe "$OUT/prune_graphs"
+    GGML_CUDA_DISABLE_GRAPHS=1 probe "$OUT/prune_nographs"
+    for run in prune_graphs prune_nographs; do
+        echo "== CPU vs $run"
+        python3 tools/eval_compare.py docs/fidelity/smollm2_prefill_prune_s27_gpu/cpu_multikey_2k.json "$OUT/$run/results.json" || true
     done
 fi
 
