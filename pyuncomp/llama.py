@@ -334,7 +334,14 @@ class Llama(llama_cpp.Llama):
                 lib.llama_uncomp_prefill_abort(ctx)
                 self.n_tokens = 0
             raise
-        self._prompt_logits = (self.n_tokens, self._last_logits().copy())
+        logits = self._last_logits()
+        if not np.isfinite(logits).all():
+            # sampling would read NaN as token 0 (often end of text): an empty answer, not an error
+            known = (" A pruned prefill with layers on a GPU is a known case (docs/fidelity.md, \"The pruned prefill on "
+                     "the GPU\"); evaluate without prefill_prune." if prune and self._offloaded else "")
+            raise RuntimeError(f"pyuncomp: the prompt's evaluation gave non-finite logits (NaN or inf); the model or "
+                               f"its backend computed garbage.{known}")
+        self._prompt_logits = (self.n_tokens, logits.copy())
         if self.auto_compress:
             self.compress()
 

@@ -67,9 +67,11 @@ def _close(w, path):
     return path
 
 
-def write_transformer_gguf(path, arch, n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, n_vocab=300):
+def write_transformer_gguf(path, arch, n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, n_vocab=300,
+                          ffn_norm=1.0):
     """A transformer of random weights with llama's tensors; qwen2 adds attention biases, qwen3 per-head
-    q/k norms (other architectures of llama's tensors, e.g. ernie4_5, take them as they are)."""
+    q/k norms (other architectures of llama's tensors, e.g. ernie4_5, take them as they are). ffn_norm:
+    every ffn_norm weight (NaN: a model whose every evaluation computes garbage)."""
     rand = _random(seed=1, scale=0.1)
     head_dim = n_embd // n_head
     w = _writer(path, arch, n_layer, n_embd, n_ff, n_head, n_vocab, head_count_kv=n_head_kv, rope_freq_base=10000.0)
@@ -84,7 +86,7 @@ def write_transformer_gguf(path, arch, n_layer=4, n_embd=128, n_head=4, n_head_k
             w.add_tensor(b + "attn_q_norm.weight", np.ones(head_dim, dtype=np.float32))
             w.add_tensor(b + "attn_k_norm.weight", np.ones(head_dim, dtype=np.float32))
         w.add_tensor(b + "attn_output.weight", rand(n_embd, n_embd))
-        w.add_tensor(b + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(b + "ffn_norm.weight", np.full(n_embd, ffn_norm, dtype=np.float32))
         w.add_tensor(b + "ffn_gate.weight", rand(n_ff, n_embd))
         w.add_tensor(b + "ffn_up.weight", rand(n_ff, n_embd))
         w.add_tensor(b + "ffn_down.weight", rand(n_embd, n_ff))
