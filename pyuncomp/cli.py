@@ -220,7 +220,7 @@ def cmd_serve(args) -> int:
     threads = {} if args.threads is None else {"n_threads": args.threads, "n_threads_batch": args.threads}
     settings = ModelSettings(model=str(models.resolve(model)), model_alias=model, n_ctx=args.n_ctx,
                              n_gpu_layers=args.n_gpu_layers, verbose=args.verbose, **threads)
-    app = create_app(settings, ratio=args.ratio, method=args.method)
+    app = create_app(settings, new_turns=args.new_turns, ratio=args.ratio, method=args.method)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -321,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    serve.add_argument("--new-turns", choices=("reevaluate", "recall"), default="reevaluate",
+                       help="reevaluate: each request's prompt is evaluated afresh (default); recall: a request "
+                            "that continues the last one's history evaluates only the new tokens, from a host "
+                            "copy of the whole cache (answers as a fresh evaluation does)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -105,15 +105,17 @@ class Llama(llama_cpp.Llama):
     observed but the cache is compressed only when ``compress()`` is called, e.g. to compress one
     evaluated prompt under several settings (``save_state``, then ``load_state``, ``set_compression``,
     ``compress`` for each).
-    new_turns: how a later multi-token evaluation (a chat's next turn) meets a compressed history:
+    new_turns: how a later prompt (a chat's next turn: any prompt ``generate`` evaluates, or another
+    multi-token evaluation) meets a compressed history:
     ``"append"`` (default) evaluates it after the kept tokens and compresses again; ``"reevaluate"``
     evaluates the whole history afresh (full cache, then compressed, scored by the new turn's window),
     so that tokens the first compression evicted can answer the new question, at the price of
     evaluating the history again each turn; ``"recall"`` gets the same selection without evaluating
     the history again: each compression first copies the whole cache of the sequence to host memory
     (``compression_stats()["recall_bytes"]``), and the next turn (or a rewind into the history)
-    restores it and evaluates only the tokens since, before compressing scored by the new turn (with
-    no copy, e.g. after ``load_state``, the turn re-evaluates the history as ``"reevaluate"`` does).
+    restores it and evaluates only the tokens since (at least the window's), before compressing scored
+    by the new turn (with no copy, e.g. after ``load_state``, the turn re-evaluates the history as
+    ``"reevaluate"`` does).
     May be set at any time.
     on_unsupported: what to do when the model's memory is not a KV cache (recurrent or hybrid
     architectures): ``"error"`` (default) raises ValueError naming the architecture; ``"full"`` warns
@@ -151,6 +153,9 @@ class Llama(llama_cpp.Llama):
         if on_unsupported not in ("error", "full"):
             raise ValueError(f"on_unsupported: must be 'error' or 'full', got {on_unsupported!r}")
         self._recall = None
+        self._prompt_next = False  # the next evaluation is a prompt's (set by generate)
+        # tokens evaluated so far (prompts, re-evaluated history, generated tokens): what recall spares
+        self.n_evaluated = 0
         self._offloaded = kwargs.get("n_gpu_layers", 0) != 0
         self.new_turns = new_turns
         self.auto_compress = auto_compress  # may be switched at any time
@@ -274,10 +279,14 @@ class Llama(llama_cpp.Llama):
     def eval(self, tokens) -> None:
         """Evaluates tokens like the parent; after a multi-token evaluation (a prompt, a new chat
         turn) the sequence's cache is compressed to its budget."""
+        # a prompt's evaluation (generate's first) is a turn even when it is one token: a chat's next
+        # message whose prefix the cache holds, or a prompt that rewinds into the history
+        prompt, self._prompt_next = self._prompt_next, False
         if not self._attached:
+            self.n_evaluated += len(tokens)
             return super().eval(tokens)
         diverges = self.n_tokens < self._compressed_upto - self.compression.window
-        new_turn = self.new_turns != "append" and self._compressed_upto > 0 and len(tokens) > 1
+        new_turn = self.new_turns != "append" and self._compressed_upto > 0 and (len(tokens) > 1 or (prompt and len(tokens) == 1))
         if self.n_tokens == 0:
             self._recall = None  # a fresh sequence: the copy was of another history
         if self._recall is not None and (diverges or new_turn):
@@ -303,6 +312,7 @@ class Llama(llama_cpp.Llama):
             self._shrink_pending = False
             self._resize_context(self._cells_held() + max(len(tokens), self.n_batch))
         self._ensure_cells(len(tokens))
+        self.n_evaluated += len(tokens)
         if len(tokens) <= 1:
             return super().eval(tokens)
         # only the chunks holding the last `window` tokens are observed: observing makes the scheduler
@@ -366,6 +376,7 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = n
             self._last_logits()[:] = self._prompt_logits[1]
             self._requires_eval = False
+        self._prompt_next = True  # the parent's first evaluation is the prompt's (its uncached suffix)
         yield from super().generate(tokens, *args, reset=reset, **kwargs)
 
     def compress(self) -> bool:
@@ -405,10 +416,12 @@ class Llama(llama_cpp.Llama):
     def _restore_recall_copy(self, tokens) -> list:
         """Puts the whole cache copied at the last compression back, rewound to the longest prefix its
         tokens share with the sequence's; returns what to evaluate after it: the sequence's tokens since
-        that prefix, then tokens."""
+        that prefix, then tokens. At least the observation window is evaluated again, so that the next
+        compression is scored by as many queries as a fresh evaluation of the whole prompt."""
         copied, data = self._recall
         n = min(len(copied), self.n_tokens)
         keep = int(np.argmin(np.append(copied[:n] == self._input_ids[:n], False)))  # the first difference
+        keep = max(0, min(keep, self.n_tokens + len(tokens) - self.compression.window))
         pending = list(self._input_ids[keep: self.n_tokens]) + list(tokens)
         lib.llama_uncomp_forget(self._ctx_ptr(), 0)  # the compressed layout goes with the compressed rows
         if self._fitted or self._ctx.n_ctx() < len(copied) + len(pending):

@@ -2,7 +2,9 @@
 
 Two additions to the stock app: a request may carry ``"compression": {"ratio": 0.1, "method": "snapkv"}``
 to change the server's settings for that request, and a non-streaming response reports the cache in
-``usage.compression``. Needs the ``server`` extra (fastapi, uvicorn, sse-starlette, starlette-context,
+``usage.compression``. A server made with ``new_turns="recall"`` answers a chat's next request (the
+history it was sent before, and more) from the whole cache it copied at the last compression, evaluating
+only the new tokens. Needs the ``server`` extra (fastapi, uvicorn, sse-starlette, starlette-context,
 pydantic-settings).
 """
 
@@ -40,6 +42,9 @@ class ServedLlama(Llama):
     under other settings) is not the prompt's exact cache, so the prompt is evaluated afresh. (Reusing
     it, as llama-cpp-python does with a prefix it has cached, would e.g. answer a repeated request from
     its last prompt token replayed over the compressed cache, which differs from the first answer.)
+    With ``new_turns="recall"`` a request under unchanged settings reuses the whole-cache copy of the
+    last compression instead (``Llama``'s recall: the shared prefix is restored, the rest evaluated,
+    then compressed scored by the new prompt), which answers as a fresh evaluation does.
     """
 
     def __init__(self, *args, **kwargs):
@@ -49,14 +54,16 @@ class ServedLlama(Llama):
     def create_completion(self, *args, **kwargs):
         # set at every call rather than restored after one: a stream the client abandons may never finish
         config = dataclasses.replace(self.served_compression, **_request_changes.get())
-        if config != self.compression or self._compressed_upto > 0:
+        if config != self.compression or (self._compressed_upto > 0 and self.new_turns != "recall"):
             self.set_compression(**config.as_dict())
             self.reset()
+        evaluated_before = self.n_evaluated
         completion = super().create_completion(*args, **kwargs)
         if isinstance(completion, dict):  # not a stream
             stats = self.compression_stats()
             completion["usage"]["compression"] = {
-                key: stats[key] for key in ("method", "ratio", "n_tokens", "kv_bytes", "kv_bytes_full")}
+                **{key: stats[key] for key in ("method", "ratio", "n_tokens", "kv_bytes", "kv_bytes_full")},
+                "evaluated_tokens": self.n_evaluated - evaluated_before}
         return completion
 
 
@@ -134,16 +141,20 @@ def _stock_loader_builds(factory):
 
 
 def create_app(model_settings: ModelSettings, server_settings: Optional[ServerSettings] = None,
-               **compression) -> FastAPI:
+               new_turns: str = "reevaluate", **compression) -> FastAPI:
     """llama-cpp-python's app serving ``model_settings``' model as a ``pyuncomp.Llama`` compressed with
     ``compression`` (keyword arguments of ``CompressionConfig``; a bad value raises ``ValueError``).
-    Its completion routes take a ``compression`` field and report the cache in ``usage.compression``."""
+    Its completion routes take a ``compression`` field and report the cache in ``usage.compression``.
+    ``new_turns``: ``"reevaluate"`` (default) evaluates each request's prompt afresh, ``"recall"``
+    evaluates only what it adds to the history the cache's copy holds (``ServedLlama``)."""
+    if new_turns not in ("reevaluate", "recall"):
+        raise ValueError(f"new_turns: must be 'reevaluate' or 'recall' for a server, got {new_turns!r}")
     config = CompressionConfig(**compression)
     # ours replace the stock routes of the same paths, in the stock module's router itself: that module
     # serves one app per process anyway (its model and settings are module globals)
     ours = {route.path for route in router.routes}
     stock.router.routes[:] = [route for route in stock.router.routes if route.path not in ours]
-    with _stock_loader_builds(partial(ServedLlama, **config.as_dict())):
+    with _stock_loader_builds(partial(ServedLlama, new_turns=new_turns, **config.as_dict())):
         app = stock.create_app(server_settings=server_settings or ServerSettings(), model_settings=[model_settings])
     app.state.compression = config
     app.include_router(router)

@@ -220,6 +220,36 @@ def test_new_turns_answer_a_turn_as_a_fresh_evaluation_of_the_whole_chat(smollm2
         llm.close()
 
 
+@pytest.mark.parametrize("follow_up", ["one_more_token", "rewound"])
+def test_recall_answers_a_prompt_that_adds_one_token_or_rewinds_as_a_fresh_evaluation(smollm2_path, follow_up, monkeypatch):
+    """A prompt whose uncached part is one token (the next message of a completion client, or a prompt
+    that stops inside the compressed history) is a new turn too: recall restores the whole cache, evaluates
+    at least the window again and compresses scored by it, as a fresh evaluation of the prompt does (it
+    used to be decoded over the last prompt's compressed cache)."""
+    kwargs = dict(n_ctx=N_CTX, method="uncomp", ratio=0.05, seed=0, verbose=False)
+    llm = pyuncomp.Llama(smollm2_path, new_turns="recall", **kwargs)
+    fresh = pyuncomp.Llama(smollm2_path, share_model_with=llm, **kwargs)
+    try:
+        first = llm.tokenize(passkey_prompt(60, 0.3, "27364").encode())
+        llm.create_completion(first, max_tokens=4, temperature=0.0)
+        assert llm.compression_stats()["recall_bytes"] > 0
+        newline = llm.tokenize(b"\n", add_bos=False, special=False)
+        assert len(newline) == 1
+        prompt = first + newline if follow_up == "one_more_token" else first[:-3]
+        evaluated = []
+        parent_eval = llama_cpp.Llama.eval
+        monkeypatch.setattr(llama_cpp.Llama, "eval", lambda self, tokens: (evaluated.append(len(tokens)), parent_eval(self, tokens))[1])
+        got = llm.create_completion(prompt, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+        monkeypatch.undo()
+        assert evaluated[0] >= llm.compression.window  # the window again, not one token over the old cache
+        stats = llm.compression_stats()
+        assert stats["kv_bytes"] < stats["kv_bytes_full"] / 5  # compressed at the new prompt
+        assert got == fresh.create_completion(prompt, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+    finally:
+        fresh.close()
+        llm.close()
+
+
 def test_a_diverging_prompt_gives_what_a_fresh_evaluation_gives(engines):
     llm = engines("snapkv", 0.1)
     other = passkey_prompt(60, 0.5, "99991")

@@ -1,5 +1,6 @@
 """`pyuncomp serve`, driven with the openai client as a user drives it."""
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -30,12 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def url(tmp_path_factory):
+@contextlib.contextmanager
+def served(log: Path, *args):
+    """The URL of a `pyuncomp serve` of SmolLM2 at ratio 0.05 with further args, until the block ends."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "log.txt"
     with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the server
-        server = pyuncomp("serve", "--model", MODEL, "--ratio", "0.05", "--n-ctx", "2048", "--port", str(port),
+        server = pyuncomp("serve", "--model", MODEL, "--ratio", "0.05", "--n-ctx", "2048", "--port", str(port), *args,
                           stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -48,9 +49,17 @@ def url(tmp_path_factory):
                 server.kill()
                 pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
             time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with served(tmp_path_factory.mktemp("serve") / "log.txt") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +134,25 @@ def test_bad_compression_changes_are_client_errors(client, changes, status, mess
     assert message in str(error.value.body)
 
 
+def test_a_recall_server_answers_the_next_turn_evaluating_only_what_it_adds(client, tmp_path):
+    # the same chat's second request: the recall server restores the history's whole cache copied at the
+    # first request's compression, evaluates the new tokens and compresses scored by the new question,
+    # which answers as the default server's fresh evaluation of the whole chat does
+    first = chat(client)
+    assert first.usage.compression["evaluated_tokens"] >= first.usage.prompt_tokens  # evaluated afresh
+    turn2 = MESSAGES + [{"role": "assistant", "content": first.choices[0].message.content},
+                        {"role": "user", "content": "What colour is item 30?"}]
+    fresh = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=12, temperature=0)
+    with served(tmp_path / "log.txt", "--new-turns", "recall") as url:
+        recall = openai.OpenAI(base_url=url + "/v1", api_key="x")
+        assert chat(recall).choices[0].message.content == first.choices[0].message.content
+        again = recall.chat.completions.create(model=MODEL, messages=turn2, max_tokens=12, temperature=0)
+    assert again.choices[0].message.content == fresh.choices[0].message.content
+    assert again.usage.compression["evaluated_tokens"] < again.usage.prompt_tokens / 4
+    assert fresh.usage.compression["evaluated_tokens"] >= fresh.usage.prompt_tokens
+    assert again.usage.compression["kv_bytes"] < again.usage.compression["kv_bytes_full"] / 5  # compressed again
+
+
 def test_serve_help():
     out, err = pyuncomp("serve", "--help").communicate(timeout=60)
     assert "--port" in out and "compression" in out
@@ -134,6 +162,7 @@ def test_serve_help():
     (["--ratio", "5"], "ratio: must be in (0, 1]"),
     (["--method", "nope"], "method: must be one of"),
     (["--port", "70000"], "port: must be in [0, 65535]"),
+    (["--new-turns", "append"], "--new-turns: invalid choice: 'append'"),
 ])
 def test_serve_bad_input_gives_a_clear_message(args, message):
     server = pyuncomp("serve", *args)
