@@ -8,27 +8,15 @@ ratio with each pooling kernel (and the full cache once).
         [--tasks ...] [--new-turns recall] [--n-gpu-layers N]
 """
 import argparse
-import dataclasses
 import json
 import time
 
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
-from pyuncomp.eval.runner import Evaluator, Setting
+from pyuncomp.eval.runner import Evaluator
 from pyuncomp.eval.tasks import MAX_TOKENS, make_samples
+from pooled import PooledSetting
 
 TASKS = ["passkey", "niah_multikey", "niah_multivalue", "qa", "chat"]
-
-
-@dataclasses.dataclass(frozen=True)
-class PooledSetting(Setting):
-    pool_kernel: int = 7
-
-    @property
-    def name(self) -> str:
-        return super().name if self.method == "full" else f"{super().name} k{self.pool_kernel}"
-
-    def config(self) -> dict:
-        return {**super().config(), "pool_kernel": self.pool_kernel}
 
 
 ap = argparse.ArgumentParser()
