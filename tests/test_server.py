@@ -153,6 +153,15 @@ def test_a_recall_server_answers_the_next_turn_evaluating_only_what_it_adds(clie
     assert again.usage.compression["kv_bytes"] < again.usage.compression["kv_bytes_full"] / 5  # compressed again
 
 
+def test_create_app_refuses_a_new_turns_mode_a_server_cannot_keep():
+    from pyuncomp.server import create_app  # first: pyuncomp loads its libllama before llama_cpp would
+    from llama_cpp.server.settings import ModelSettings
+
+    # append would answer a request from the cache an earlier one compressed: answers would depend on it
+    with pytest.raises(ValueError, match="new_turns: must be 'reevaluate' or 'recall' for a server, got 'append'"):
+        create_app(ModelSettings(model="unused.gguf"), new_turns="append", ratio=0.05)
+
+
 def test_serve_help():
     out, err = pyuncomp("serve", "--help").communicate(timeout=60)
     assert "--port" in out and "compression" in out
