@@ -39,6 +39,8 @@ for mode in ("reevaluate", "recall"):
             urllib.request.urlopen(url + "/v1/models", timeout=5)
             break
         except OSError:
+            if server.poll() is not None:
+                sys.exit(f"the {mode} server exited with code {server.returncode}")
             time.sleep(0.5)
     client = openai.OpenAI(base_url=url + "/v1", api_key="x")
     chat = [{"role": "user", "content": sample.prompt}]

@@ -286,7 +286,7 @@ class Llama(llama_cpp.Llama):
             self.n_evaluated += len(tokens)
             return super().eval(tokens)
         diverges = self.n_tokens < self._compressed_upto - self.compression.window
-        new_turn = self.new_turns != "append" and self._compressed_upto > 0 and (len(tokens) > 1 or (prompt and len(tokens) == 1))
+        new_turn = self.new_turns != "append" and self._compressed_upto > 0 and len(tokens) > (0 if prompt else 1)
         if self.n_tokens == 0:
             self._recall = None  # a fresh sequence: the copy was of another history
         if self._recall is not None and (diverges or new_turn):
