@@ -17,6 +17,7 @@
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
 #   - PRUNE_PROBE=1: the pruned prefill's answers on CUDA, graphs on and off, against the CPU's (tools/eval_compare.py);
+#   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
@@ -75,6 +76,46 @@ if [ -f /tmp/smollm2.gguf ] && [ "${PRUNE_PROBE:-0}" = 1 ]; then
         echo "== CPU vs $run"
         python3 tools/eval_compare.py docs/fidelity/smollm2_prefill_prune_s27_gpu/cpu_multikey_2k.json "$OUT/$run/results.json" || true
     done
+fi
+
+# GRAPH_PROBE=1: CUDA graphs against direct execution under the harness's flow, on a SmolLM2-shaped random model
+# (no weights to carry): session 27's pruned-prefill grid (runs of same-length 2k prompts) through `pyuncomp eval`,
+# graphs off (the reference) and on, compared answer by answer (tools/eval_compare.py); and every evaluation's
+# logits of the harness's steps and of recalled chats, 2k to 4k (tools/graph_replay_probe.py, where ggml-cuda
+# captured a graph in the .log). The exit status of each run is printed; everything goes to $OUT/graph_probe.tgz
+if [ "${GRAPH_PROBE:-0}" = 1 ]; then
+    synth /tmp/smol_shape.gguf --layers 30 --embd 576 --ff 1536 --heads 9 --kv-heads 3 --vocab 49152 --ctx 8192
+    mkdir -p /tmp/gp
+    for graphs in off on; do
+        env=(); [ $graphs = off ] && env=(GGML_CUDA_DISABLE_GRAPHS=1)
+        rc=0; (cd /tmp && env "${env[@]}" python3 -X faulthandler -m pyuncomp eval niah_multikey niah_multivalue passkey \
+            --model /tmp/smol_shape.gguf --n-gpu-layers -1 --lengths 2048 --samples 2 --seed 0 --methods uncomp \
+            --ratios 0.1 --prefill-keeps 0.5 --quiet --out /tmp/gp/eval_$graphs > /tmp/gp/eval_$graphs.log 2>&1) || rc=$?
+        echo "eval, graphs $graphs: exit $rc"
+        for scenario in harness recall; do
+            rc=0; (cd /tmp && env "${env[@]}" python3 -X faulthandler "$OLDPWD/tools/graph_replay_probe.py" /tmp/gp/${scenario}_$graphs.jsonl \
+                --model /tmp/smol_shape.gguf --scenario $scenario --log-graphs > /tmp/gp/${scenario}_$graphs.log 2>&1) || rc=$?
+            echo "$scenario, graphs $graphs: exit $rc"
+        done
+    done
+    python3 tools/eval_compare.py /tmp/gp/eval_off/results.json /tmp/gp/eval_on/results.json | tail -12
+    for scenario in harness recall; do
+        python3 tools/graph_replay_probe.py --compare /tmp/gp/${scenario}_off.jsonl /tmp/gp/${scenario}_on.jsonl | tail -8
+    done
+    tar czf "$OUT/graph_probe.tgz" -C /tmp gp
+fi
+
+# CRASH_PROBE=1: where the machine's Python crashes with pyuncomp (session 29: numpy imported before pyuncomp
+# segfaulted while loading; `pyuncomp eval` on the GPU exited with SIGSEGV after writing its results): native
+# backtraces under cuda-gdb, on the random SmolLM2-shaped model of GRAPH_PROBE
+if [ "${CRASH_PROBE:-0}" = 1 ]; then
+    [ -f /tmp/smol_shape.gguf ] || synth /tmp/smol_shape.gguf --layers 30 --embd 576 --ff 1536 --heads 9 --kv-heads 3 --vocab 49152 --ctx 8192
+    backtrace() { (cd /tmp && timeout 240 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args "$@" 2>&1) | \
+        grep -E "^#|signal|SIG|exited|libgomp|libiomp|omp" | head -40 || true; }
+    echo "== import numpy, then pyuncomp"; backtrace python3 -c "import numpy, pyuncomp; print('imported')"
+    echo "== a short pyuncomp eval on the GPU, to its exit"
+    backtrace python3 -m pyuncomp eval passkey --model /tmp/smol_shape.gguf --n-gpu-layers -1 --lengths 2048 --samples 1 \
+        --depths 0 --methods uncomp --ratios 0.1 --quiet --out /tmp/crash_eval
 fi
 
 if [ "${SCHED_DEBUG:-0}" = 1 ]; then

@@ -1,0 +1,139 @@
+"""Does ggml-cuda's CUDA graph capture and replay compute what direct execution computes, under pyuncomp's
+hooks? Runs the evaluation harness's steps on token prompts of a seeded sequence of lengths (runs of
+equal lengths, as the eval grid has: ggml-cuda captures a graph at the second call with unchanged
+node properties) and records, at every evaluation, the argmax and a fingerprint of the last logits
+(one JSON line a step, so that a run that aborts keeps the steps before; --log-graphs prints where
+ggml-cuda captured or replayed a graph).
+
+    python tools/graph_replay_probe.py OUT.jsonl --model M.gguf --scenario harness   # graphs on
+    GGML_CUDA_DISABLE_GRAPHS=1 python tools/graph_replay_probe.py REF.jsonl ...        # graphs off
+    python tools/graph_replay_probe.py --compare REF.jsonl OUT.jsonl
+
+Scenarios: ``harness`` (each prompt evaluated unpruned and pruned, saved, then compressed under several
+settings and decoded, as ``pyuncomp eval`` does), ``recall`` (chats whose second turn is answered from
+the recalled whole cache, with CUDA graphs left as the process has them). The model's weights may be
+random (tools: ../shared/tools/synth_gguf.py): only agreement between the two runs is checked.
+"""
+import argparse
+import json
+import sys
+
+import pyuncomp  # before numpy: on the GPU machine, numpy imported first crashed the native library's load
+import numpy as np
+
+LENGTHS = [2039, 2039, 2039, 4096, 2040, 2040, 2043, 2040]
+SETTINGS = [("uncomp", 0.05), ("uncomp", 0.1), ("snapkv", 0.1)]
+N_DECODE = 6
+
+
+def fingerprint(logits: np.ndarray) -> list:
+    """a few fixed projections of the logits (equal runs give equal numbers; NaN shows as NaN)"""
+    rng = np.random.default_rng(1234)
+    return [float(v) for v in rng.standard_normal((4, logits.size)).astype(np.float32) @ logits] + [float(logits.max())]
+
+
+def log_graph_events(where: dict) -> None:
+    """prints ggml-cuda's CUDA graph messages (warm-up complete: a capture; reused; reset) with the step"""
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def on_log(level, text, user_data):
+        line = text.decode(errors="replace").strip()
+        if "CUDA graph" in line or "CUDA Graph" in line:
+            print(f"[{where['label']}] {line}", flush=True)
+
+    log_graph_events.keep = on_log  # the callback must outlive this call
+    llama_cpp.llama_log_set(on_log, None)
+
+
+def run(args, out) -> None:
+    llm = pyuncomp.Llama(args.model, n_ctx=8192, n_batch=512, n_gpu_layers=args.n_gpu_layers, verbose=False,
+                         method="uncomp", ratio=0.1, auto_compress=args.scenario == "recall", seed=0)
+    if args.scenario == "recall":
+        # the attribute, not the setter: the setter turns CUDA graphs off on a GPU, which is what is probed
+        llm._new_turns = "recall"
+    where = {"label": "load"}
+    if args.log_graphs:
+        log_graph_events(where)
+    rng = np.random.default_rng(args.seed)
+    n_vocab = llm.n_vocab()
+
+    def record(label):
+        logits = llm._last_logits()
+        step = {"label": label, "argmax": int(np.argmax(logits)), "finite": bool(np.isfinite(logits).all()),
+                "fingerprint": fingerprint(logits)}
+        out.write(json.dumps(step) + "\n")
+        out.flush()
+        where["label"] = f"after {label}"
+        return step["argmax"]
+
+    def decode(label, first):
+        token = first
+        for i in range(N_DECODE):
+            llm.eval([token])
+            token = record(f"{label} decode {i}")
+        return token
+
+    for p, n in enumerate(args.lengths):
+        tokens = [1] + rng.integers(100, n_vocab, n - 1).tolist()
+        if args.scenario == "recall":
+            llm.reset()
+            llm.eval(tokens)
+            last = decode(f"prompt {p} ({n}) turn 1", record(f"prompt {p} ({n}) turn 1"))
+            llm.eval(rng.integers(100, n_vocab, 24).tolist())  # the next turn: restores the whole cache
+            decode(f"prompt {p} ({n}) turn 2", record(f"prompt {p} ({n}) turn 2"))
+            continue
+        for keep in (None, 0.5):
+            llm.reset()
+            llm.set_compression(prefill_prune=keep is not None, **({"prefill_keep": keep} if keep else {}))
+            llm.eval(tokens)
+            first = record(f"prompt {p} ({n}) keep {keep} eval")
+            state = llm.save_state()
+            for method, ratio in SETTINGS:
+                llm.load_state(state)
+                llm.set_compression(method=method, ratio=ratio)
+                llm.compress()
+                decode(f"prompt {p} ({n}) keep {keep} {method} {ratio}", first)
+        llm.set_compression(prefill_prune=False)
+
+
+def compare(ref_path, out_path) -> int:
+    ref, out = ([json.loads(line) for line in open(path)] for path in (ref_path, out_path))
+    bad = 0
+    for r, o in zip(ref, out):
+        diff = max(abs(a - b) for a, b in zip(r["fingerprint"], o["fingerprint"]))
+        scale = max(1e-6, max(abs(a) for a in r["fingerprint"]))
+        same = r["argmax"] == o["argmax"] and o["finite"] and diff <= 1e-3 * scale
+        bad += not same
+        if not same:
+            print(f"DIFFERS {o['label']}: argmax {r['argmax']} vs {o['argmax']}, finite {o['finite']}, "
+                  f"fingerprint rel diff {diff / scale:.3g}")
+    if len(ref) != len(out):
+        print(f"step counts differ: {len(ref)} vs {len(out)} (a run stopped early?)")
+        bad += 1
+    print(f"{min(len(ref), len(out)) - bad + (len(ref) != len(out))} of {len(ref)} steps agree ({out_path} against {ref_path})")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--model")
+    ap.add_argument("--scenario", choices=["harness", "recall"], default="harness")
+    ap.add_argument("--lengths", type=int, nargs="+", default=LENGTHS)
+    ap.add_argument("--n-gpu-layers", type=int, default=-1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-graphs", action="store_true")
+    ap.add_argument("--compare", nargs=2, metavar=("REF", "OUT"))
+    args = ap.parse_args()
+    if args.compare:
+        return compare(*args.compare)
+    if not (args.out and args.model):
+        ap.error("OUT and --model are needed unless --compare")
+    with open(args.out, "w") as out:
+        run(args, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
