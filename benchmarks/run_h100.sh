@@ -111,11 +111,14 @@ fi
 if [ "${CRASH_PROBE:-0}" = 1 ]; then
     [ -f /tmp/smol_shape.gguf ] || synth /tmp/smol_shape.gguf --layers 30 --embd 576 --ff 1536 --heads 9 --kv-heads 3 --vocab 49152 --ctx 8192
     backtrace() { (cd /tmp && timeout 240 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args "$@" 2>&1) | \
-        grep -E "^#|signal|SIG|exited|libgomp|libiomp|omp" | head -40 || true; }
-    echo "== import numpy, then pyuncomp"; backtrace python3 -c "import numpy, pyuncomp; print('imported')"
-    echo "== a short pyuncomp eval on the GPU, to its exit"
-    backtrace python3 -m pyuncomp eval passkey --model /tmp/smol_shape.gguf --n-gpu-layers -1 --lengths 2048 --samples 1 \
-        --depths 0 --methods uncomp --ratios 0.1 --quiet --out /tmp/crash_eval
+        grep -E "^#|signal|SIG|exited|libgomp|libiomp|omp|rror|cuda-gdb|loaded" | head -40 || true; }
+    {
+        echo "== numpy imported before pyuncomp, then a model loaded on the GPU"
+        backtrace python3 -c "import numpy, pyuncomp; pyuncomp.Llama('/tmp/smol_shape.gguf', n_gpu_layers=-1, verbose=False); print('loaded')"
+        echo "== a short pyuncomp eval on the GPU, to its exit"
+        backtrace python3 -m pyuncomp eval passkey --model /tmp/smol_shape.gguf --n-gpu-layers -1 --lengths 2048 --samples 1 \
+            --depths 0 --methods uncomp --ratios 0.1 --quiet --out /tmp/crash_eval
+    } 2>&1 | tee "$OUT/crash_probe.txt"
 fi
 
 if [ "${SCHED_DEBUG:-0}" = 1 ]; then
