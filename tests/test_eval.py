@@ -38,6 +38,22 @@ def test_tasks_are_seeded_sized_and_hold_their_answers(evaluator, task):
             assert all(answer in s.prompt for answer in s.answers)
 
 
+@pytest.mark.parametrize("length", [16384, 32768])
+@pytest.mark.parametrize("task", TASKS)
+def test_long_prompts_reach_their_length_without_passing_it(evaluator, task, length):
+    # cwe's numbered list once outgrew its length (16k: 17.9k tokens, refused by the runner after every
+    # shorter prompt had been answered) and qa ran out of distinct people at about 10k tokens
+    s = make_samples(task, length, [0.5], 1, seed=0, count_tokens=evaluator.count_tokens)[0]
+    assert 0.95 * length <= evaluator.count_tokens(s.prompt) <= length
+    assert all(answer in s.prompt for answer in s.answers)
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_its_evaluation(evaluator):
+    s = make_samples("passkey", 3000, [0.5], 1, seed=0, count_tokens=evaluator.count_tokens)[0]
+    with pytest.raises(ValueError, match="more than the context"):
+        evaluator.prompt_tokens(s)
+
+
 def test_needles_sit_at_their_depth(evaluator):
     for depth in (0.0, 0.5, 1.0):
         s = make_samples("passkey", 1000, [depth], 1, seed=0, count_tokens=evaluator.count_tokens)[0]

@@ -60,6 +60,8 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
         if "chat" in tasks:
             ev.chat_formatter()  # a model without a chat template is refused before any work
         todo = [s for t in tasks for n in lengths for s in make_samples(t, n, depths, samples, seed, ev.count_tokens)]
+        for sample in todo:  # a prompt too long for the context is refused before any answer, not after hours
+            ev.prompt_tokens(sample)
         bar = _progress(len(todo) * len(settings), progress)
         records = []
         t0 = time.perf_counter()

@@ -91,15 +91,23 @@ class Evaluator:
             return []
         return [i for i, e in enumerate(ends) if e > at and (i == 0 or ends[i - 1] < at + len(text))]
 
-    def run(self, sample: Sample, settings: List[Setting], on_result: Optional[Callable[[dict], None]] = None) -> List[dict]:
-        """The answer and score of sample under each setting, one record each."""
-        llm = self.llm
+    def prompt_tokens(self, sample: Sample) -> List[int]:
+        """The tokens sample's prompt is evaluated as; ValueError when they leave the context too little
+        room for the task's answer."""
         chat = sample.followup is not None
-        tokens = self._chat_tokens(sample.prompt) if chat else llm.tokenize(sample.prompt.encode())
+        tokens = self._chat_tokens(sample.prompt) if chat else self.llm.tokenize(sample.prompt.encode())
         max_tokens = MAX_TOKENS[sample.task]
         if len(tokens) + max_tokens > self.n_ctx:
             raise ValueError(f"{sample.task}: the prompt takes {len(tokens)} tokens, more than the context "
                              f"({self.n_ctx}) leaves for a {max_tokens}-token answer")
+        return tokens
+
+    def run(self, sample: Sample, settings: List[Setting], on_result: Optional[Callable[[dict], None]] = None) -> List[dict]:
+        """The answer and score of sample under each setting, one record each."""
+        llm = self.llm
+        chat = sample.followup is not None
+        tokens = self.prompt_tokens(sample)
+        max_tokens = MAX_TOKENS[sample.task]
         records = []
         for prefill in dict.fromkeys((s.prefill_keep, s.prefill_layer) for s in settings):
             # the prompt evaluated (pruned, if so) once for every setting that shares its prefill

@@ -9,6 +9,7 @@ its answer must contain; a sample's score is the fraction of them found in the m
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -151,14 +152,26 @@ def _cwe(rng, length, depth, count_tokens, n_common=10):
            "Memorize the ones that appear most often."
     question = f"Question: What are the {n_common} most common words in the above list? " \
                f"Answer: The top {n_common} words that appear most often in the list are:"
+    budget = _budget(length, count_tokens, head, question)
     per_word = count_tokens(" ".join(f"{i + 100}. {w}" for i, w in enumerate(words))) / len(words)
-    n_slots = max(n_common * 4, int(_budget(length, count_tokens, head, question) / per_word))
-    # the common words fill half the list, each rare word appears far less often than any common one
+    n_slots = max(n_common * 4, int(budget / per_word))
+
+    def listing_of(n_slots: int) -> List[str]:
+        # the common words fill half the list, each rare word appears far less often than any common one
+        freq = n_slots // (2 * n_common)
+        return common * freq + [rare[i % len(rare)] for i in range(n_slots - n_common * freq)]
+
+    def numbered(items: List[str]) -> str:
+        return " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
+
+    # the estimate prices three-digit item numbers; longer lists number into four and five digits,
+    # which cost more tokens (16k: 9% over the length): shrink the list until it fits the budget
+    while n_slots > n_common * 4 and (used := count_tokens(numbered(listing_of(n_slots)))) > budget:
+        n_slots = max(n_common * 4, min(n_slots - 1, int(n_slots * budget / used)))
+    items = listing_of(n_slots)
     freq = n_slots // (2 * n_common)
-    items = common * freq + [rare[i % len(rare)] for i in range(n_slots - n_common * freq)]
     rng.shuffle(items)
-    listing = " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
-    return f"{head} {listing} {question}", common, {"freq_common": freq}
+    return f"{head} {numbered(items)} {question}", common, {"freq_common": freq}
 
 
 def _qa(rng, length, depth, count_tokens):
@@ -177,8 +190,10 @@ def _qa(rng, length, depth, count_tokens):
     question = f"Question: In which city was {target[0]} {target[1]} born? Answer: {target[0]} {target[1]} was born in"
     budget = _budget(length, count_tokens, head, question, gold)
     docs = []
-    for person in people[1:]:  # documents until the budget is spent
-        doc = document(len(docs) + 1, person)
+    # documents until the budget is spent; past the 399 other people (about 10k tokens) their names come
+    # round again with new facts: only the target's name must be unique
+    for k in itertools.count():
+        doc = document(len(docs) + 1, people[1 + k % (len(people) - 1)])
         budget -= count_tokens(" " + doc)
         if budget < 0:
             break
