@@ -16,7 +16,7 @@
 #     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
-#   - PRUNE_PROBE=1: the pruned prefill's answers on CUDA, graphs on and off, against the CPU's (tools/eval_compare.py);
+#   - PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, step by step on the eval's prompts (tools/graph_replay_probe.py --scenario eval);
 #   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
@@ -65,17 +65,25 @@ if [ -f /tmp/smollm2.gguf ] && [ "${PASSKEYS:-1}" = 1 ]; then
         python3 tools/soak.py --model /tmp/smollm2.gguf --calls "$SOAK_CALLS" --n-gpu-layers -1 | tee "$OUT/soak_gpu.txt"
     fi
 fi
-# PRUNE_PROBE=1: the pruned prefill's answers on CUDA, CUDA graphs on and off, against the CPU's recorded
-# ones (session 27: on the H200 a run of same-length 2k prompts answered empty strings where the CPU did not)
+# PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, on the eval's own multi-key 2k prompts in its order
+# (session 27: on the H200 runs of same-length pruned prefills answered NaN where the CPU did not): every
+# evaluation's finiteness, argmax and top logits (tools/graph_replay_probe.py --scenario eval) as the harness
+# runs it, with CUDA graphs off, with the model loaded afresh for every prompt, and with flash attention,
+# each compared with the CPU's recorded steps (docs/fidelity/prune_gpu_s30/cpu_multikey_2k.jsonl)
 if [ -f /tmp/smollm2.gguf ] && [ "${PRUNE_PROBE:-0}" = 1 ]; then
-    probe() { (cd /tmp && python3 -m pyuncomp eval niah_multikey niah_multivalue --model /tmp/smollm2.gguf --n-gpu-layers -1 \
-        --lengths 2048 --samples 2 --seed 0 --methods uncomp --ratios 0.1 --prefill-keeps 0.5 --quiet --out "$1") || true; }
-    probe "$OUT/prune_graphs"
-    GGML_CUDA_DISABLE_GRAPHS=1 probe "$OUT/prune_nographs"
-    for run in prune_graphs prune_nographs; do
-        echo "== CPU vs $run"
-        python3 tools/eval_compare.py docs/fidelity/smollm2_prefill_prune_s27_gpu/cpu_multikey_2k.json "$OUT/$run/results.json" || true
-    done
+    prune_probe() {
+        local name=$1; shift
+        rc=0; (cd /tmp && env "$@" python3 -X faulthandler "$OLDPWD/tools/graph_replay_probe.py" "$OUT/$name.jsonl" \
+            --model /tmp/smollm2.gguf --scenario eval --tasks niah_multikey --n-ctx 4608 ${PRUNE_PROBE_ARGS:-} \
+            $([ "$name" = fresh ] && echo --fresh) $([ "$name" = flash ] && echo --flash-attn) > "/tmp/$name.log" 2>&1) || rc=$?
+        echo "== $name: exit $rc; $(grep -c '"finite": false' "$OUT/$name.jsonl") non-finite steps"; tail -3 "/tmp/$name.log"
+        python3 tools/graph_replay_probe.py --compare docs/fidelity/prune_gpu_s30/cpu_multikey_2k.jsonl "$OUT/$name.jsonl" \
+            --tolerance 0.05 | grep -v decode | tail -24
+    }
+    prune_probe graphs
+    prune_probe nographs GGML_CUDA_DISABLE_GRAPHS=1
+    prune_probe fresh
+    prune_probe flash
 fi
 
 # GRAPH_PROBE=1: CUDA graphs against direct execution under the harness's flow, on a SmolLM2-shaped random model

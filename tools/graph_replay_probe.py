@@ -10,7 +10,10 @@ ggml-cuda captured or replayed a graph).
     python tools/graph_replay_probe.py --compare REF.jsonl OUT.jsonl
 
 Scenarios: ``harness`` (each prompt evaluated unpruned and pruned, saved, then compressed under several
-settings and decoded, as ``pyuncomp eval`` does), ``recall`` (chats whose second turn is answered from
+settings and decoded, as ``pyuncomp eval`` does), ``eval`` (the same steps on the evaluation harness's own
+prompts, ``--tasks`` at ``--eval-length``, two samples a depth, in its order: for a real model, where
+session 27's GPU answered NaN after runs of same-length pruned prefills; ``--fresh`` loads the model
+again for every prompt), ``recall`` (chats whose second turn is answered from
 the recalled whole cache, with CUDA graphs left as the process has them). The model's weights may be
 random (tools: ../shared/tools/synth_gguf.py): only agreement between the two runs is checked.
 """
@@ -46,9 +49,28 @@ def log_graph_events(where: dict) -> None:
     llama_cpp.llama_log_set(on_log, None)
 
 
+def eval_prompts(args):
+    """the evaluation harness's prompts (tokens) for args.tasks at args.eval_length, in its order"""
+    from pyuncomp.eval.runner import Evaluator
+    from pyuncomp.eval.tasks import make_samples
+
+    ev = Evaluator(args.model, n_ctx=args.n_ctx, n_gpu_layers=0)
+    try:
+        return [ev.prompt_tokens(s) for t in args.tasks
+                for s in make_samples(t, args.eval_length, [0.0, 0.25, 0.5, 0.75, 1.0], 2, args.seed, ev.count_tokens)]
+    finally:
+        ev.close()
+
+
+def load(args):
+    return pyuncomp.Llama(args.model, n_ctx=args.n_ctx, n_batch=512, n_gpu_layers=args.n_gpu_layers, verbose=False,
+                          method="uncomp", ratio=0.1, auto_compress=args.scenario == "recall", seed=0,
+                          flash_attn=args.flash_attn)
+
+
 def run(args, out) -> None:
-    llm = pyuncomp.Llama(args.model, n_ctx=8192, n_batch=512, n_gpu_layers=args.n_gpu_layers, verbose=False,
-                         method="uncomp", ratio=0.1, auto_compress=args.scenario == "recall", seed=0)
+    prompts = eval_prompts(args) if args.scenario == "eval" else None
+    llm = load(args)
     if args.scenario == "recall":
         # the attribute, not the setter: the setter turns CUDA graphs off on a GPU, which is what is probed
         llm._new_turns = "recall"
@@ -60,8 +82,9 @@ def run(args, out) -> None:
 
     def record(label):
         logits = llm._last_logits()
+        top = np.argsort(-np.nan_to_num(logits, nan=-np.inf))[:5]
         step = {"label": label, "argmax": int(np.argmax(logits)), "finite": bool(np.isfinite(logits).all()),
-                "fingerprint": fingerprint(logits)}
+                "fingerprint": fingerprint(logits), "top": [[int(t), float(logits[t])] for t in top]}
         out.write(json.dumps(step) + "\n")
         out.flush()
         where["label"] = f"after {label}"
@@ -74,8 +97,11 @@ def run(args, out) -> None:
             token = record(f"{label} decode {i}")
         return token
 
-    for p, n in enumerate(args.lengths):
-        tokens = [1] + rng.integers(100, n_vocab, n - 1).tolist()
+    for p, n in enumerate(args.lengths if prompts is None else [len(t) for t in prompts]):
+        tokens = [1] + rng.integers(100, n_vocab, n - 1).tolist() if prompts is None else prompts[p]
+        if args.fresh and p > 0:
+            llm.close()
+            llm = load(args)
         if args.scenario == "recall":
             llm.reset()
             llm.eval(tokens)
@@ -86,7 +112,13 @@ def run(args, out) -> None:
         for keep in (None, 0.5):
             llm.reset()
             llm.set_compression(prefill_prune=keep is not None, **({"prefill_keep": keep} if keep else {}))
-            llm.eval(tokens)
+            try:
+                llm.eval(tokens)
+            except RuntimeError as e:  # non-finite logits: recorded, and the next prompt goes on
+                out.write(json.dumps({"label": f"prompt {p} ({n}) keep {keep} eval", "argmax": -1, "finite": False,
+                                      "fingerprint": [], "top": [], "error": str(e)[:120]}) + "\n")
+                out.flush()
+                continue
             first = record(f"prompt {p} ({n}) keep {keep} eval")
             state = llm.save_state()
             for method, ratio in SETTINGS:
@@ -97,21 +129,23 @@ def run(args, out) -> None:
         llm.set_compression(prefill_prune=False)
 
 
-def compare(ref_path, out_path) -> int:
-    ref, out = ([json.loads(line) for line in open(path)] for path in (ref_path, out_path))
+def compare(ref_path, out_path, tolerance=1e-3) -> int:
+    """steps matched by label: same argmax, finite, fingerprints within tolerance (relative)"""
+    ref, out = ({(s := json.loads(line))["label"]: s for line in open(path)} for path in (ref_path, out_path))
     bad = 0
-    for r, o in zip(ref, out):
+    for label, r in ref.items():
+        o = out.get(label)
+        if o is None or not (r["finite"] and o["finite"]):
+            bad += 1
+            print(f"DIFFERS {label}: " + ("missing" if o is None else f"finite {r['finite']} vs {o['finite']}"))
+            continue
         diff = max(abs(a - b) for a, b in zip(r["fingerprint"], o["fingerprint"]))
         scale = max(1e-6, max(abs(a) for a in r["fingerprint"]))
-        same = r["argmax"] == o["argmax"] and o["finite"] and diff <= 1e-3 * scale
-        bad += not same
-        if not same:
-            print(f"DIFFERS {o['label']}: argmax {r['argmax']} vs {o['argmax']}, finite {o['finite']}, "
-                  f"fingerprint rel diff {diff / scale:.3g}")
-    if len(ref) != len(out):
-        print(f"step counts differ: {len(ref)} vs {len(out)} (a run stopped early?)")
-        bad += 1
-    print(f"{min(len(ref), len(out)) - bad + (len(ref) != len(out))} of {len(ref)} steps agree ({out_path} against {ref_path})")
+        if r["argmax"] != o["argmax"] or diff > tolerance * scale:
+            bad += 1
+            print(f"DIFFERS {label}: argmax {r['argmax']} vs {o['argmax']}, fingerprint rel diff {diff / scale:.3g}, "
+                  f"top {r.get('top', [])[:2]} vs {o.get('top', [])[:2]}")
+    print(f"{len(ref) - bad} of {len(ref)} steps agree ({out_path} against {ref_path}; {len(out)} steps there)")
     return 1 if bad else 0
 
 
@@ -119,15 +153,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?")
     ap.add_argument("--model")
-    ap.add_argument("--scenario", choices=["harness", "recall"], default="harness")
+    ap.add_argument("--scenario", choices=["harness", "eval", "recall"], default="harness")
+    ap.add_argument("--tasks", nargs="+", default=["niah_multikey", "niah_multivalue"])
+    ap.add_argument("--eval-length", type=int, default=2048)
+    ap.add_argument("--n-ctx", type=int, default=8192)
+    ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--flash-attn", action="store_true")
     ap.add_argument("--lengths", type=int, nargs="+", default=LENGTHS)
     ap.add_argument("--n-gpu-layers", type=int, default=-1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-graphs", action="store_true")
     ap.add_argument("--compare", nargs=2, metavar=("REF", "OUT"))
+    ap.add_argument("--tolerance", type=float, default=1e-3, help="--compare: relative fingerprint difference allowed")
     args = ap.parse_args()
     if args.compare:
-        return compare(*args.compare)
+        return compare(*args.compare, tolerance=args.tolerance)
     if not (args.out and args.model):
         ap.error("OUT and --model are needed unless --compare")
     with open(args.out, "w") as out:
