@@ -73,17 +73,34 @@ fi
 if [ -f /tmp/smollm2.gguf ] && [ "${PRUNE_PROBE:-0}" = 1 ]; then
     prune_probe() {
         local name=$1; shift
-        rc=0; (cd /tmp && env "$@" python3 -X faulthandler "$OLDPWD/tools/graph_replay_probe.py" "$OUT/$name.jsonl" \
+        rc=0; (cd /tmp && env UNCOMP_TIMING=1 "$@" python3 -X faulthandler "$OLDPWD/tools/graph_replay_probe.py" "$OUT/$name.jsonl" \
             --model /tmp/smollm2.gguf --scenario eval --tasks niah_multikey --n-ctx 4608 ${PRUNE_PROBE_ARGS:-} \
             $([ "$name" = fresh ] && echo --fresh) $([ "$name" = flash ] && echo --flash-attn) > "/tmp/$name.log" 2>&1) || rc=$?
-        echo "== $name: exit $rc; $(grep -c '"finite": false' "$OUT/$name.jsonl") non-finite steps"; tail -3 "/tmp/$name.log"
+        echo "== $name: exit $rc; $(grep -c '"finite": false' "$OUT/$name.jsonl") non-finite steps"; { grep -v "^uncomp " "/tmp/$name.log" || true; } | tail -3
+        # the tokens each pruned prefill kept (UNCOMP_TIMING's hash), against the CPU's
+        grep "^uncomp prefill" "/tmp/$name.log" | sed 's/.*(\(.*\)).*/\1/' | diff docs/fidelity/prune_gpu_s30/cpu_kept_hashes.txt - \
+            && echo "kept tokens: as on the CPU" || true
         python3 tools/graph_replay_probe.py --compare docs/fidelity/prune_gpu_s30/cpu_multikey_2k.jsonl "$OUT/$name.jsonl" \
-            --tolerance 0.05 | grep -v decode | tail -24
+            --tolerance 0.05 | { grep -v decode || true; } | tail -24 || true
     }
-    prune_probe graphs
-    prune_probe nographs GGML_CUDA_DISABLE_GRAPHS=1
-    prune_probe fresh
-    prune_probe flash
+    for variant in ${PRUNE_PROBE_VARIANTS:-graphs nographs fresh flash}; do
+        case $variant in
+            graphs) prune_probe graphs ;;
+            nographs) prune_probe nographs GGML_CUDA_DISABLE_GRAPHS=1 ;;
+            fresh) prune_probe fresh ;;
+            flash) prune_probe flash ;;
+            # the harness's model keeps one cache (shrink_cache=False); UNCOMP_CHECK_FINITE reports NaN K/V cells
+            noshrink) PRUNE_PROBE_ARGS="--no-shrink" prune_probe noshrink UNCOMP_CHECK_FINITE=1
+                      grep "^uncomp check" /tmp/noshrink.log | grep -v " 0 non-finite" | head -20 || true ;;
+            # session 27's own command (it stops at the first non-finite logits), the checks' lines before that
+            eval) rc=0; (cd /tmp && UNCOMP_CHECK_FINITE=1 python3 -m pyuncomp eval passkey niah_multikey niah_multivalue \
+                      --model /tmp/smollm2.gguf --n-gpu-layers -1 --methods full,uncomp --ratios 0.05,0.1 --prefill-keeps 0.5 \
+                      --prefill-min-tokens 0 --lengths 2048 --samples 2 --seed 0 --quiet --out /tmp/eval_s27 > /tmp/eval.log 2>&1) || rc=$?
+                  echo "== eval: exit $rc"; { grep -v "^uncomp check" /tmp/eval.log || true; } | tail -2
+                  grep -n "^uncomp check" /tmp/eval.log | grep -v " 0 non-finite" | head -20 || true
+                  grep -c "^uncomp check" /tmp/eval.log || true; cp /tmp/eval.log "$OUT/" ;;
+        esac
+    done
 fi
 
 # GRAPH_PROBE=1: CUDA graphs against direct execution under the harness's flow, on a SmolLM2-shaped random model

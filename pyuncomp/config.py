@@ -12,6 +12,8 @@ from ._native import ffi, lib
 METHODS = tuple(ffi.string(lib.llama_uncomp_method_name(m)).decode() for m in range(lib.LLAMA_UNCOMP_METHOD_COUNT))
 # how a chat's next turn meets a compressed history (``Llama(new_turns=...)``)
 NEW_TURNS = ("append", "reevaluate", "recall")
+# the pruned prefill's floor: the UNComp reference's smallest kept length (its last stage keeps 1536 tokens)
+PREFILL_MIN_TOKENS = 1536
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class CompressionConfig:
     ``prefill_keep`` of them, at their own positions, and cache only those (llama, qwen2 and qwen3 architectures).
     prefill_layer: the last layer that sees every token; None: a quarter of the way, n_layer // 4.
     prefill_keep: fraction of the prompt's tokens the later layers run on, in (0, 1] (the window always).
+    prefill_min_tokens: the later layers run on at least this many tokens (a shorter prompt is not
+    pruned), as the UNComp reference never prunes below 1536: pruning a short prompt saves little time
+    and costs the most accuracy (docs/prefill-pruning.md, "A floor on the kept tokens").
     """
 
     ratio: float = 1.0
@@ -42,6 +47,7 @@ class CompressionConfig:
     prefill_prune: bool = False
     prefill_layer: Optional[int] = None
     prefill_keep: float = 0.5
+    prefill_min_tokens: int = PREFILL_MIN_TOKENS
 
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -63,11 +69,21 @@ class CompressionConfig:
         if (isinstance(self.prefill_keep, bool) or not isinstance(self.prefill_keep, numbers.Real)
                 or not 0.0 < self.prefill_keep <= 1.0):
             raise ValueError(f"prefill_keep: must be a fraction in (0, 1], got {self.prefill_keep!r}")
+        if (isinstance(self.prefill_min_tokens, bool) or not isinstance(self.prefill_min_tokens, numbers.Integral)
+                or self.prefill_min_tokens < 0):
+            raise ValueError(f"prefill_min_tokens: must be an integer >= 0, got {self.prefill_min_tokens!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget: must be >= 1 token per KV head (or None to use ratio), got {self.budget!r}")
         message = lib.llama_uncomp_params_check(self._native_ptr())
         if message != ffi.NULL:
             raise ValueError(f"{ffi.string(message).decode()}, got {self._field_of(message)!r}")
+
+    def prefill_keep_for(self, n_tokens: int) -> Optional[float]:
+        """The fraction of an n_tokens prompt a pruned prefill keeps: prefill_keep, raised to keep
+        prefill_min_tokens; None (not pruned) when the prompt is no longer than that."""
+        if n_tokens <= self.prefill_min_tokens:
+            return None
+        return max(float(self.prefill_keep), self.prefill_min_tokens / n_tokens)
 
     def _field_of(self, message) -> object:
         name = ffi.string(message).decode().split(":", 1)[0]

@@ -87,7 +87,7 @@ class Llama(llama_cpp.Llama):
     ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]. Default 1.0.
     method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
     budget, window, pool_kernel, n_sink, n_head_groups: see ``CompressionConfig``.
-    prefill_prune, prefill_layer, prefill_keep: hidden-state pruning while a prompt is evaluated from
+    prefill_prune, prefill_layer, prefill_keep, prefill_min_tokens: hidden-state pruning while a prompt is evaluated from
     an empty cache (``CompressionConfig``): a faster prefill; needs a compressing method, a llama,
     qwen2 or qwen3 architecture and ``logits_all=False`` (the pruned layers give no per-token logits).
     shrink_cache: after a compression, rebuild the llama context with only the cells the kept tokens
@@ -140,6 +140,7 @@ class Llama(llama_cpp.Llama):
         prefill_prune: bool = CompressionConfig.prefill_prune,
         prefill_layer: Optional[int] = CompressionConfig.prefill_layer,
         prefill_keep: float = CompressionConfig.prefill_keep,
+        prefill_min_tokens: int = CompressionConfig.prefill_min_tokens,
         shrink_cache: bool = True,
         auto_compress: bool = True,
         share_model_with: Optional["llama_cpp.Llama"] = None,
@@ -165,7 +166,8 @@ class Llama(llama_cpp.Llama):
         self.compression = CompressionConfig(
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups,
-            prefill_prune=prefill_prune, prefill_layer=prefill_layer, prefill_keep=prefill_keep)
+            prefill_prune=prefill_prune, prefill_layer=prefill_layer, prefill_keep=prefill_keep,
+            prefill_min_tokens=prefill_min_tokens)
         if prefill_prune and not self.compression.compresses:
             raise ValueError("prefill_prune: needs a compressing method and ratio (the pruned prefill is "
                              "part of the compression engine)")
@@ -320,8 +322,12 @@ class Llama(llama_cpp.Llama):
         # of n_batch from the first token, so the split keeps its chunks (and so its arithmetic).
         tokens = list(tokens)
         ctx = self._ctx_ptr()
-        # a pruned prefill starts from an empty cache and needs more tokens than the window
-        prune = self._prefill_layer is not None and self.n_tokens == 0 and len(tokens) > self.compression.window
+        # a pruned prefill starts from an empty cache and needs more tokens than the window and the floor
+        keep = self.compression.prefill_keep_for(len(tokens))
+        prune = (self._prefill_layer is not None and self.n_tokens == 0 and len(tokens) > self.compression.window
+                 and keep is not None)
+        if self.n_tokens == 0:
+            self.prefill_kept = None
         if prune:
             self._ctx.kv_cache_seq_rm(-1, 0, -1)
             lib.llama_uncomp_forget(ctx, 0)
@@ -338,7 +344,7 @@ class Llama(llama_cpp.Llama):
             finally:
                 lib.llama_uncomp_observe(ctx, False)
             if prune:  # the later layers, on the tokens the pruning layer ranks highest
-                self.prefill_kept = _check(lib.llama_uncomp_prefill_finish(ctx, self.compression.prefill_keep, self.n_batch))
+                self.prefill_kept = _check(lib.llama_uncomp_prefill_finish(ctx, keep, self.n_batch))
         except BaseException:
             if prune:  # the cache holds a part of the layers: nothing of it can be used
                 lib.llama_uncomp_prefill_abort(ctx)

@@ -147,12 +147,13 @@ def test_a_prompt_evaluated_to_nan_logits_is_a_clear_error_not_an_empty_answer(t
     # a NaN norm weight makes every logit NaN; sampling would read them as token 0 and stop
     path = str(write_transformer_gguf(tmp_path / "nan.gguf", "llama", ffn_norm=float("nan")))
     llm = pyuncomp.Llama(path, n_ctx=1024, method="snapkv", ratio=0.5, prefill_prune=prune, prefill_layer=1,
-                         seed=0, verbose=False)
+                         prefill_min_tokens=0, seed=0, verbose=False)
     prompt = [1] + [3 + (7 * i) % 290 for i in range(300)]
     with pytest.raises(RuntimeError, match="non-finite logits"):
         llm.create_completion(prompt, max_tokens=4, temperature=0.0)
     good = pyuncomp.Llama(str(write_transformer_gguf(tmp_path / "good.gguf", "llama")), n_ctx=1024, method="snapkv",
-                          ratio=0.5, prefill_prune=prune, prefill_layer=1, seed=0, verbose=False)
+                          ratio=0.5, prefill_prune=prune, prefill_layer=1, prefill_min_tokens=0, seed=0,
+                          verbose=False)
     assert len(good.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]) > 0
     llm.close()
     good.close()

@@ -96,7 +96,7 @@ turn_again = llm(passkey_prompt(60, 0.5, "31415") + first + " Say it again: the 
 llm.close()
 # a pruned prefill, interrupted once (its abort path), then whole
 pruned = pyuncomp.Llama({model!r}, n_ctx=2048, n_batch=256, method="uncomp", ratio=0.05, prefill_prune=True,
-                        seed=0, verbose=False)
+                        prefill_min_tokens=0, seed=0, verbose=False)
 def stop(done, total):
     raise KeyboardInterrupt
 pruned.on_prompt_progress = stop

@@ -13,6 +13,8 @@ WINDOW = 8
 
 
 def make(path, **kwargs):
+    # these prompts are shorter than the default floor (prefill_min_tokens), which would leave them unpruned
+    kwargs.setdefault("prefill_min_tokens", 0)
     return pyuncomp.Llama(path, n_ctx=N_CTX, seed=0, verbose=False, **kwargs)
 
 
@@ -67,6 +69,23 @@ def test_later_layers_hold_the_kept_tokens_at_their_own_positions(smollm2_path, 
     pruned.close()
 
 
+def test_a_prompt_no_longer_than_the_floor_is_not_pruned_and_a_longer_one_keeps_at_least_the_floor(smollm2_path, plain):
+    n = plain.n_tokens
+    at_floor = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.3,
+                    prefill_min_tokens=n)
+    at_floor.eval(prompt_tokens(at_floor))
+    assert at_floor.prefill_kept is None
+    np.testing.assert_array_equal(at_floor._last_logits(), plain._last_logits())
+    at_floor.close()
+    floor = n - 300  # keep 0.3 alone would drop ~70%; the floor lets 300 go, 256 after the tile rounding
+    above = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.3,
+                 prefill_min_tokens=floor)
+    above.eval(prompt_tokens(above))
+    assert above.prefill_kept == n - 256
+    assert_holds_kept_tokens_at_their_positions(above, plain, LAYER + 1, n)
+    above.close()
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
 def test_qwen2_and_qwen3_builders_prune_too(tmp_path, arch):
     # random weights (meaningless text): the hook's exactness and positions, not answers
@@ -74,7 +93,8 @@ def test_qwen2_and_qwen3_builders_prune_too(tmp_path, arch):
     tokens = [1] + [3 + (7 * i) % 290 for i in range(700)]
 
     def evaluated(**kwargs):
-        llm = pyuncomp.Llama(path, n_ctx=1024, method="snapkv", ratio=0.5, auto_compress=False, verbose=False, **kwargs)
+        llm = pyuncomp.Llama(path, n_ctx=1024, method="snapkv", ratio=0.5, auto_compress=False, verbose=False,
+                             prefill_min_tokens=0, **kwargs)
         llm.eval(tokens)
         return llm
 
@@ -153,6 +173,8 @@ def test_a_saved_pruned_prompt_continues_identically(request, model):
     (dict(prefill_prune="yes"), "prefill_prune: must be True or False"),
     (dict(prefill_prune=True, prefill_keep=0.0), r"prefill_keep: must be a fraction in \(0, 1\]"),
     (dict(prefill_prune=True, prefill_keep=1.5), r"prefill_keep: must be a fraction in \(0, 1\]"),
+    (dict(prefill_prune=True, prefill_min_tokens=-1), "prefill_min_tokens: must be an integer >= 0"),
+    (dict(prefill_prune=True, prefill_min_tokens=1.5), "prefill_min_tokens: must be an integer >= 0"),
     (dict(prefill_prune=True, prefill_layer=-1), "prefill_layer: must be a layer index >= 0"),
     (dict(prefill_prune=True, prefill_layer=29), r"prefill_layer: must be in \[0, 28\] for this 30-layer model"),
     (dict(prefill_prune=True, method="full"), "prefill_prune: needs a compressing method"),

@@ -65,7 +65,7 @@ def eval_prompts(args):
 def load(args):
     return pyuncomp.Llama(args.model, n_ctx=args.n_ctx, n_batch=512, n_gpu_layers=args.n_gpu_layers, verbose=False,
                           method="uncomp", ratio=0.1, auto_compress=args.scenario == "recall", seed=0,
-                          flash_attn=args.flash_attn)
+                          flash_attn=args.flash_attn, shrink_cache=not args.no_shrink)
 
 
 def run(args, out) -> None:
@@ -111,7 +111,8 @@ def run(args, out) -> None:
             continue
         for keep in (None, 0.5):
             llm.reset()
-            llm.set_compression(prefill_prune=keep is not None, **({"prefill_keep": keep} if keep else {}))
+            llm.set_compression(prefill_prune=keep is not None, prefill_min_tokens=0,  # as session 27 pruned
+                                **({"prefill_keep": keep} if keep else {}))
             try:
                 llm.eval(tokens)
             except RuntimeError as e:  # non-finite logits: recorded, and the next prompt goes on
@@ -159,6 +160,7 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=8192)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--no-shrink", action="store_true", help="shrink_cache=False, as the evaluation harness's model")
     ap.add_argument("--lengths", type=int, nargs="+", default=LENGTHS)
     ap.add_argument("--n-gpu-layers", type=int, default=-1)
     ap.add_argument("--seed", type=int, default=0)

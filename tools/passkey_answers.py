@@ -24,7 +24,8 @@ def answers(a):
            "prefill_keep": a.prefill_keep, "methods": {}}
     for method in a.methods.split(","):
         # --prefill-keep: the compressing methods with a pruned prefill
-        prune = {} if a.prefill_keep is None or method == "full" else dict(prefill_prune=True, prefill_keep=a.prefill_keep)
+        prune = {} if a.prefill_keep is None or method == "full" else dict(prefill_prune=True, prefill_keep=a.prefill_keep,
+                                                                                  prefill_min_tokens=0)
         llm = pyuncomp.Llama(a.model, n_ctx=4096, n_gpu_layers=a.n_gpu_layers, flash_attn=True, method=method,
                              ratio=1.0 if method == "full" else a.ratio, seed=0, verbose=False, **prune)
         rows = []

@@ -777,6 +777,7 @@ int32_t compress_seq(llama_context * ctx, uncomp_state & st, llama_seq_id seq_id
     }
     rebuild_graphs(ctx, st);
     timer.step("cells");
+    uncomp_check_finite(ctx, "after compression", 0, 0, UINT32_MAX);
     return (int32_t) n_kept;
 }
 
@@ -794,6 +795,55 @@ int32_t check_compresses(const llama_context * ctx, const uncomp_state * st) {
 }
 
 } // namespace
+
+// UNCOMP_CHECK_FINITE (diagnosis of GPU-only NaN logits): the non-finite K and V values of layers
+// [il0, n_layer) in cells [c0, c1) of sequence 0's stream, printed with `where` and the first layer and
+// cell holding one. Costs a copy of those layers; does nothing unless the variable is set.
+void uncomp_check_finite(llama_context * ctx, const char * where, int32_t il0, uint32_t c0, uint32_t c1) {
+    static const bool on = std::getenv("UNCOMP_CHECK_FINITE") != nullptr;
+    llama_kv_cache * kv = on ? compressible_cache(ctx) : nullptr;
+    if (kv == nullptr) {
+        return;
+    }
+    ctx->synchronize();
+    const uint32_t size = kv->get_size();
+    c1 = std::min(c1, size);
+    const uint32_t stream = kv->get_stream(0);
+    int64_t n_bad = 0;
+    int32_t first_il = -1;
+    int64_t first_cell = -1;
+    std::vector<float> vals;
+    std::vector<uint8_t> raw;
+    for (uint32_t il : kv->get_layer_ids()) {
+        if ((int32_t) il < il0) {
+            continue;
+        }
+        ggml_tensor * v = kv->get_v_storage((int32_t) il);
+        for (ggml_tensor * t : { kv->get_k_storage((int32_t) il), v }) {
+            const bool v_trans = t == v && kv->get_v_trans();
+            const int64_t n_embd = t->ne[0];
+            // the stream's whole [n_embd, size] block (a transposed V: [size, n_embd])
+            raw.resize(t->nb[2]);
+            ggml_backend_tensor_get(t, raw.data(), stream * t->nb[2], t->nb[2]);
+            vals.resize((size_t) n_embd * size);
+            if (t->type == GGML_TYPE_F32) {
+                std::memcpy(vals.data(), raw.data(), vals.size() * sizeof(float));
+            } else {
+                ggml_get_type_traits(t->type)->to_float(raw.data(), vals.data(), (int64_t) vals.size());
+            }
+            for (uint32_t c = c0; c < c1; ++c) {
+                for (int64_t e = 0; e < n_embd; ++e) {
+                    if (!std::isfinite(vals[v_trans ? e * size + c : (int64_t) c * n_embd + e]) && n_bad++ == 0) {
+                        first_il   = (int32_t) il;
+                        first_cell = c;
+                    }
+                }
+            }
+        }
+    }
+    fprintf(stderr, "uncomp check %s: layers %d.., cells [%u, %u): %lld non-finite K/V values (first: layer %d cell %lld)\n",
+            where, il0, c0, c1, (long long) n_bad, first_il, (long long) first_cell);
+}
 
 int32_t llama_uncomp_compress(struct llama_context * ctx, llama_seq_id seq_id) {
     uncomp_state * st = state_of(ctx);
@@ -1037,6 +1087,17 @@ int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std:
     std::vector<float> total(n, 0.0f);
     for (const auto & head : mass.heads[0]) {
         for (int64_t i = 0; i < n; ++i) total[i] += head[i];
+    }
+    // a non-finite score would make the ranking's ordering undefined: it ranks last, and is reported
+    int64_t n_bad = 0;
+    for (float & v : total) {
+        if (!std::isfinite(v)) {
+            v = -INFINITY;
+            ++n_bad;
+        }
+    }
+    if (n_bad > 0) {
+        LLAMA_LOG_WARN("uncomp: %lld of %lld window scores of layer %d are not finite\n", (long long) n_bad, (long long) n, il);
     }
     std::vector<float> score;
     pool_prefix({ total.data(), total.size() }, n - wq, st->params.pool_kernel, score);

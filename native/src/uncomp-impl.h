@@ -91,3 +91,7 @@ struct uncomp_step_timer {
         if (on && !line.empty()) fprintf(stderr, "uncomp %s:%s\n", name, line.c_str());
     }
 };
+
+// UNCOMP_CHECK_FINITE: prints the non-finite K/V values of layers il0.. in cells [c0, c1) (a diagnosis; a no-op
+// unless the environment variable is set)
+void uncomp_check_finite(llama_context * ctx, const char * where, int32_t il0, uint32_t c0, uint32_t c1);

@@ -292,6 +292,13 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     }
     GGML_ASSERT((int64_t) kept.size() == n_kept);
     timer.step("rank");
+    if (timer.on) { // which tokens were kept, to compare two backends' rankings of one prompt
+        uint64_t hash = 1469598103934665603ull;
+        for (uint32_t k : kept) hash = (hash ^ k) * 1099511628211ull;
+        char buf[64];
+        snprintf(buf, sizeof(buf), " (kept %lld of %lld, hash %016llx)", (long long) n_kept, (long long) n, (unsigned long long) hash);
+        timer.line += buf;
+    }
 
     // the tail: kept tokens at batch positions (and cells) n - n_kept.. n - 1, their rows of the residual
     // and their own positions for RoPE; layers > layer start at that cell for every head
@@ -312,6 +319,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
         uncomp_layout_set(cache, (int32_t) il, cache->get_stream(0), std::vector<uint32_t>(hp.n_head_kv(il), (uint32_t) pos0));
     }
     uncomp_refresh_graphs(ctx);
+    uncomp_check_finite(ctx, "before the tail", pf->layer + 1, 0, UINT32_MAX);
     // the batch's tokens only fill llama.cpp's token input; the graphs read the kept rows instead
     llama_batch batch = llama_batch_init(n_batch, 0, 1);
     int32_t err = 0;
@@ -345,6 +353,8 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
         llama_uncomp_prefill_abort(ctx);
         return err;
     }
+    uncomp_check_finite(ctx, "after the tail", pf->layer + 1, (uint32_t) pos0, (uint32_t) n);
+    uncomp_check_finite(ctx, "after the tail, beyond the prompt", 0, (uint32_t) n, UINT32_MAX);
     // Later tokens' sliding-window masks compare batch positions again. The sliding-window layers > layer
     // keep only the kept tokens inside the next token's true window, so that what they read is what the
     // unpruned model would (up to the tokens that leave the true window over the next steps).
