@@ -17,6 +17,7 @@
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
 #   - PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, step by step on the eval's prompts (tools/graph_replay_probe.py --scenario eval);
+#   - PLOT_PROBE=1: which import or subprocess crashes the device image's Python after pyuncomp (matplotlib);
 #   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
 #   - SOAK_CALLS=N: N generate calls with compression on SmolLM2 on the GPU (tools/soak.py), RSS and
 #     GPU memory every 10 calls (needs SmolLM2's parts);
@@ -128,6 +129,37 @@ if [ "${GRAPH_PROBE:-0}" = 1 ]; then
         python3 tools/graph_replay_probe.py --compare /tmp/gp/${scenario}_off.jsonl /tmp/gp/${scenario}_on.jsonl | tail -8
     done
     tar czf "$OUT/graph_probe.tgz" -C /tmp gp
+fi
+
+# PLOT_PROBE=1: session 30's `pyuncomp eval` on the GPU exited with SIGSEGV after writing its results, in
+# `import matplotlib.pyplot` (a call through a null pointer right after a vfork, under cuda-gdb): which of
+# pyuncomp, CUDA, a subprocess and vfork it takes. Each command's exit status (139 = SIGSEGV)
+if [ "${PLOT_PROBE:-0}" = 1 ]; then
+    summary="[{'task': 'passkey', 'length': 2048, 'setting': 'full', 'score': 1.0, 'samples': 1, 'kv_fraction': 1.0}]"
+    plot="import pyuncomp.eval.report as r; from pathlib import Path; r.plot_summary($summary, Path('/tmp/p.png'))"
+    novfork="import subprocess; subprocess._USE_VFORK = False"
+    while IFS='|' read -r env code; do
+        rc=0; (cd /tmp && env $env timeout 120 python3 -c "$code" </dev/null >/tmp/plot_probe.log 2>&1) || rc=$?
+        echo "exit $rc | ${env:-} | $code"
+    done <<PROBES | tee "$OUT/plot_probe.txt"
+|import subprocess; subprocess.run(['true'])
+|import pyuncomp, subprocess; subprocess.run(['true'])
+|$novfork; import pyuncomp; subprocess.run(['true'])
+|import pyuncomp, os; os.system('true')
+|import pyuncomp; import matplotlib.pyplot
+|import json; from pathlib import Path; import pyuncomp; import matplotlib.pyplot
+|$plot
+|$novfork; $plot
+CUDA_VISIBLE_DEVICES=|$plot
+|import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot; $plot
+PROBES
+    # which of pyuncomp's libraries define C++ runtime symbols, and what other objects bind to them
+    for f in "$SITE"/pyuncomp/lib/*.so; do
+        echo "$(basename "$f"): $(nm -D --defined-only "$f" | grep -c ' T _ZNSo\| T _ZNSi\| T _ZNKSt\| T __cxa') runtime symbols;" \
+            "NEEDED $(readelf -d "$f" | grep NEEDED | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"
+    done | tee -a "$OUT/plot_probe.txt"
+    (cd /tmp && LD_DEBUG=bindings python3 -c "import pyuncomp; import matplotlib.pyplot" 2>&1 | grep "to $SITE/pyuncomp/lib" | \
+        grep -v "binding file $SITE/pyuncomp/lib" | sed 's/^ *[0-9]*://' | sort | uniq -c | sort -rn | head -30) | tee -a "$OUT/plot_probe.txt" || true
 fi
 
 # CRASH_PROBE=1: where the machine's Python crashes with pyuncomp (session 29: numpy imported before pyuncomp
