@@ -21,3 +21,6 @@ start=$(date +%s)
 CMAKE_BUILD_PARALLEL_LEVEL=16 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90a" \
     python3 -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --target "$SITE" . 2>&1 | tail -5
 echo "CUDA configure+build+install: $(( $(date +%s) - start )) s"
+# a library with its own static C++ runtime crashes the process once another C++ module loads (see above)
+readelf -d "$SITE/pyuncomp/lib/libllama.so" | grep -q 'libstdc++' \
+    || echo "WARNING: libllama.so does not link libstdc++.so.6 (a static C++ runtime): imports of other C++ modules may crash"
