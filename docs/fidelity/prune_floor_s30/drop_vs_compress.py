@@ -9,17 +9,16 @@ from pyuncomp.eval.tasks import make_samples
 M = pyuncomp.resolve_model(None)
 ev = Evaluator(M, n_ctx=2560)
 samples = make_samples("niah_multikey", 2048, [0.5, 0.75, 1.0], 2, 0, ev.count_tokens)
-variants = [("unpruned full", None, None), ("drop256 full", 0.5, 1536), ("unpruned u05", None, 0.05), ("drop256 u05", 0.5, 0.05)]
+# (name, pruned prefill, ratio of the uncomp compression after it; None: the full cache)
+variants = [("unpruned full", False, None), ("drop256 full", True, None), ("unpruned u05", False, 0.05), ("drop256 u05", True, 0.05)]
 for s in samples:
     toks = ev.prompt_tokens(s)
     outs = []
-    for name, keep, ratio in variants:
+    for name, pruned, ratio in variants:
         llm = ev.llm
         llm.reset()
-        if keep is None:
-            llm.set_compression(method="snapkv", ratio=0.5, prefill_prune=False)
-        else:
-            llm.set_compression(method="snapkv", ratio=0.5, prefill_prune=True, prefill_keep=keep, prefill_min_tokens=1536)
+        # a pruned prefill needs a compressing method set; nothing is compressed before compress()
+        llm.set_compression(method="snapkv", ratio=0.5, prefill_prune=pruned, prefill_keep=0.5, prefill_min_tokens=1536)
         llm.eval(toks)
         first = ev._argmax()
         if ratio is not None:
