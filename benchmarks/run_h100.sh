@@ -133,7 +133,8 @@ fi
 
 # PLOT_PROBE=1: session 30's `pyuncomp eval` on the GPU exited with SIGSEGV after writing its results, in
 # `import matplotlib.pyplot` (a call through a null pointer right after a vfork, under cuda-gdb): which of
-# pyuncomp, CUDA, a subprocess and vfork it takes. Each command's exit status (139 = SIGSEGV)
+# pyuncomp, CUDA, a subprocess and vfork it takes. Each command's exit status (139 = SIGSEGV). Found (session
+# 31): none of those; our libraries carried a static C++ runtime (tools/device_build.sh now links the shared one)
 if [ "${PLOT_PROBE:-0}" = 1 ]; then
     summary="[{'task': 'passkey', 'length': 2048, 'setting': 'full', 'score': 1.0, 'samples': 1, 'kv_fraction': 1.0}]"
     plot="import pyuncomp.eval.report as r; from pathlib import Path; r.plot_summary($summary, Path('/tmp/p.png'))"

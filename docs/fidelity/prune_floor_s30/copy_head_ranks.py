@@ -3,43 +3,49 @@ numpy from the observed window queries and cached keys, before compression), unp
 prefill dropping 256 tokens, with the scores pooled over 7 tokens as the engine pools ("avg") or as the
 UNComp reference does ("max"). Sample 4 of seed 0's multi-key 2k prompts (answer 1333377).
 Run: python copy_head_ranks.py avg 18 20 22; python copy_head_ranks.py max 18 20 22 (output: copy_head_ranks.log)"""
-import sys, numpy as np
+import sys
+
+import numpy as np
 import pyuncomp
-from pyuncomp.eval.runner import Evaluator
-from pyuncomp.eval.tasks import make_samples
-M = pyuncomp.resolve_model(None)
-ev = Evaluator(M, n_ctx=2560)
-s = make_samples("niah_multikey", 2048, [0.5, 0.75, 1.0], 2, 0, ev.count_tokens)[4]
-toks = ev.prompt_tokens(s); ev.close()
-kw = dict(n_ctx=2560, auto_compress=False, verbose=False, shrink_cache=False)
-MODE = sys.argv[1]; LAY = [int(a) for a in sys.argv[2:]] or [18]
-plain = pyuncomp.Llama(M, method="full", **kw); plain.eval(toks)
-full = {l: plain.cached_keys(l) for l in LAY}; plain.close()
-n = len(toks); dig = list(range(2005, 2012))
-for name, extra in (("unpruned", {}), ("drop256", dict(prefill_prune=True, prefill_keep=0.5, prefill_min_tokens=1536))):
-    m = pyuncomp.Llama(M, method="uncomp", ratio=0.05, **kw, **extra); m.eval(toks)
-    pre = {l: m.cached_keys(l) for l in LAY}
-    kept_prefill = m.prefill_kept if extra else n
-    for l in LAY:
-        q = m.window_queries(l)  # [w, n_head*hd]
-        k = pre[l]; nh = 3; hd = k.shape[1] // nh; nq = q.shape[1] // hd; g = nq // nh
-        for h in range(nh):
-            rows = k[n - kept_prefill:, h*hd:(h+1)*hd]
-            qs = q[:, h*g*hd:(h+1)*g*hd].reshape(len(q), g, hd)
-            logit = np.einsum("wgd,td->wgt", qs, rows) / np.sqrt(hd)
-            # causal: window query i (position n-w+i) sees rows up to it
-            w = len(q); T = rows.shape[0]
-            for i in range(w): logit[i, :, T - w + i + 1:] = -np.inf
-            p = np.exp(logit - logit.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
-            raw = p.sum((0, 1))[:T - w]
-            pad = np.pad(raw, 3)
-            win = np.lib.stride_tricks.sliding_window_view(pad, 7)
-            sc = win.max(1) if MODE == "max" else win.mean(1)
-            # positions of rows: the pruned rows map to positions via full keys of layer l (exact only at L+1)
-            f = full[l][:, h*hd:(h+1)*hd]
-            rn = rows / (np.linalg.norm(rows, axis=1, keepdims=True)+1e-9); fn = f/(np.linalg.norm(f,axis=1,keepdims=True)+1e-9)
-            cos = rn @ fn.T; pos = cos.argmax(1); best = cos.max(1)
-            order = np.argsort(-sc); rank = np.empty_like(order); rank[order] = np.arange(len(order))
-            dr = [int(rank[np.where(pos[:T-w] == d)[0][0]]) if (pos[:T-w] == d).any() else None for d in dig]
-            print(f"{MODE} {name} layer {l} head {h}: rows {T}, min cos {best.min():.3f}, digit ranks {dr}, finite {np.isfinite(rows).all()}")
+from common import LLAMA_ARGS, MODEL, VARIANTS, answer_positions, multikey_prompts, nearest_positions
+
+MODE = sys.argv[1]
+LAYERS = [int(a) for a in sys.argv[2:]] or [18]
+KERNEL = 7  # the engine's pool_kernel
+s, toks = multikey_prompts([4])[0]
+n = len(toks)
+plain = pyuncomp.Llama(MODEL, method="full", **LLAMA_ARGS)
+plain.eval(toks)
+full = {l: plain.cached_keys(l) for l in LAYERS}
+dig = answer_positions(plain, toks, s.answers[0])
+plain.close()
+for name, extra in VARIANTS:
+    m = pyuncomp.Llama(MODEL, method="uncomp", ratio=0.05, **LLAMA_ARGS, **extra)
+    m.eval(toks)
+    n_held = m.prefill_kept if extra else n  # the pruned layers hold the kept tokens, in the last cells
+    heads_kv = m.compression_stats()["tokens_kept"]  # one entry per KV head of each layer
+    for l in LAYERS:
+        q = m.window_queries(l)  # [w, n_head * hd]
+        k = m.cached_keys(l)  # [n, n_head_kv * hd]
+        n_head_kv = len(heads_kv[l])
+        hd = k.shape[1] // n_head_kv
+        g = q.shape[1] // hd // n_head_kv  # query heads per KV head
+        w = len(q)
+        for h in range(n_head_kv):
+            rows = k[n - n_held:, h * hd:(h + 1) * hd]
+            T = len(rows)
+            logit = np.einsum("wgd,td->wgt", q[:, h * g * hd:(h + 1) * g * hd].reshape(w, g, hd), rows) / np.sqrt(hd)
+            for i in range(w):  # causal: window query i (the (T - w + i)-th row) sees the rows up to it
+                logit[i, :, T - w + i + 1:] = -np.inf
+            p = np.exp(logit - logit.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            windows = np.lib.stride_tricks.sliding_window_view(np.pad(p.sum((0, 1))[:T - w], KERNEL // 2), KERNEL)
+            score = windows.max(1) if MODE == "max" else windows.mean(1)
+            rank = np.empty(len(score), dtype=int)
+            rank[np.argsort(-score)] = np.arange(len(score))
+            pos, cos = nearest_positions(rows, full[l][:, h * hd:(h + 1) * hd])
+            pos = pos[:T - w]
+            ranks = [int(rank[np.flatnonzero(pos == d)[0]]) if (pos == d).any() else None for d in dig]
+            print(f"{MODE} {name} layer {l} head {h}: rows {T}, min cos {cos.min():.3f}, digit ranks {ranks}, "
+                  f"finite {np.isfinite(rows).all()}")
     m.close()
