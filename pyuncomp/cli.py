@@ -160,7 +160,7 @@ def cmd_eval(args) -> int:
                       depths=args.depths, samples=args.samples, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet, new_turns=args.new_turns, prefill_keeps=args.prefill_keeps,
                       prefill_layer=args.prefill_layer, prefill_min_tokens=args.prefill_min_tokens,
-                      n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+                      lookahead=args.lookahead, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
     from .eval.report import markdown_table
 
     print(markdown_table(result["summary"]))
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefill-min-tokens", type=int, default=None,
                     help="with --prefill-keeps: the fewest tokens the later layers run on; shorter prompts are not pruned "
                          "(default 1536, as UNComp's reference; 0: none)")
+    ev.add_argument("--lookahead", type=int, default=None,
+                    help="greedy tokens decoded after each prompt whose queries score it beside the window's, then "
+                         "dropped (default: pyuncomp.Llama's; 0: off)")
     ev.add_argument("--lengths", type=_csv(int), default=[2048], help="comma-separated prompt lengths in tokens (default 2048)")
     ev.add_argument("--depths", type=_csv(float), default=[0.0, 0.25, 0.5, 0.75, 1.0],
                     help="needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)")

@@ -14,6 +14,8 @@ METHODS = tuple(ffi.string(lib.llama_uncomp_method_name(m)).decode() for m in ra
 NEW_TURNS = ("append", "reevaluate", "recall")
 # the pruned prefill's floor: the UNComp reference's smallest kept length (its last stage keeps 1536 tokens)
 PREFILL_MIN_TOKENS = 1536
+# the most lookahead tokens: each is a decode step over the full cache before the compression
+MAX_LOOKAHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class CompressionConfig:
     prefill_min_tokens: the later layers run on at least this many tokens (a shorter prompt is not
     pruned), as the UNComp reference never prunes below 1536: pruning a short prompt saves little time
     and costs the most accuracy (docs/prefill-pruning.md, "A floor on the kept tokens").
+    lookahead: before a scored compression, decode up to this many greedy tokens after the prompt over
+    its full cache and let their queries score the prefix beside the window's; they are dropped after.
+    The answer's first tokens attend to what it copies next (a number's later digits), which the
+    question's own queries can rank low. 0: off. At most ``MAX_LOOKAHEAD``. Not on models with a
+    sliding-window cache that cannot rewind (Gemma 3 without ``swa_full=True``).
     """
 
     ratio: float = 1.0
@@ -48,6 +55,7 @@ class CompressionConfig:
     prefill_layer: Optional[int] = None
     prefill_keep: float = 0.5
     prefill_min_tokens: int = PREFILL_MIN_TOKENS
+    lookahead: int = 0
 
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -72,6 +80,9 @@ class CompressionConfig:
         if (isinstance(self.prefill_min_tokens, bool) or not isinstance(self.prefill_min_tokens, numbers.Integral)
                 or self.prefill_min_tokens < 0):
             raise ValueError(f"prefill_min_tokens: must be an integer >= 0, got {self.prefill_min_tokens!r}")
+        if (isinstance(self.lookahead, bool) or not isinstance(self.lookahead, numbers.Integral)
+                or not 0 <= self.lookahead <= MAX_LOOKAHEAD):
+            raise ValueError(f"lookahead: must be an integer in [0, {MAX_LOOKAHEAD}], got {self.lookahead!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget: must be >= 1 token per KV head (or None to use ratio), got {self.budget!r}")
         message = lib.llama_uncomp_params_check(self._native_ptr())

@@ -7,6 +7,7 @@ import ctypes
 import os
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -86,7 +87,7 @@ class Llama(llama_cpp.Llama):
 
     ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]. Default 1.0.
     method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
-    budget, window, pool_kernel, n_sink, n_head_groups: see ``CompressionConfig``.
+    budget, window, pool_kernel, n_sink, n_head_groups, lookahead: see ``CompressionConfig``.
     prefill_prune, prefill_layer, prefill_keep, prefill_min_tokens: hidden-state pruning while a prompt is evaluated from
     an empty cache (``CompressionConfig``): a faster prefill; needs a compressing method, a llama,
     qwen2 or qwen3 architecture and ``logits_all=False`` (the pruned layers give no per-token logits).
@@ -141,6 +142,7 @@ class Llama(llama_cpp.Llama):
         prefill_layer: Optional[int] = CompressionConfig.prefill_layer,
         prefill_keep: float = CompressionConfig.prefill_keep,
         prefill_min_tokens: int = CompressionConfig.prefill_min_tokens,
+        lookahead: int = CompressionConfig.lookahead,
         shrink_cache: bool = True,
         auto_compress: bool = True,
         share_model_with: Optional["llama_cpp.Llama"] = None,
@@ -167,7 +169,7 @@ class Llama(llama_cpp.Llama):
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups,
             prefill_prune=prefill_prune, prefill_layer=prefill_layer, prefill_keep=prefill_keep,
-            prefill_min_tokens=prefill_min_tokens)
+            prefill_min_tokens=prefill_min_tokens, lookahead=lookahead)
         if prefill_prune and not self.compression.compresses:
             raise ValueError("prefill_prune: needs a compressing method and ratio (the pruned prefill is "
                              "part of the compression engine)")
@@ -201,6 +203,7 @@ class Llama(llama_cpp.Llama):
         self._shrink_cache = shrink_cache and not kwargs.get("lora_path")
         self._cells_used = 0  # an upper bound of the cells the cache holds (exact after a rebuild)
         self._prompt_logits = None  # (n_tokens, logits of the last token) of the last evaluated prompt
+        self.lookahead_tokens = 0  # tokens the last compression's lookahead decoded (then dropped)
         self._prefill_layer = None  # the pruned prefill's last full layer, None: no pruning
         self.prefill_kept = None  # tokens the later layers ran on in the last pruned prefill
         self._shrink_pending = False
@@ -226,6 +229,9 @@ class Llama(llama_cpp.Llama):
             _check(err)
             self._attached = True
             self._prefill_layer = self._prefill_layer_of(self.compression)
+            # a sliding-window cache (Gemma 3's, unless swa_full) reuses the cells its window has left
+            # behind, so tokens decoded and removed again would take cells the next token still needs
+            self._can_rewind = self.context_params.swa_full or not any(s["is_swa"] for s in self._layer_stats(0))
             # a rebuilt iSWA context prunes its sliding-window cells differently, which moved Gemma 3's
             # greedy text (a near tie); until that is understood, such models keep their allocation
             if any(s["is_swa"] for s in self._layer_stats(0)):
@@ -403,12 +409,68 @@ class Llama(llama_cpp.Llama):
         copy = self.new_turns == "recall" and all(min(self._tokens_kept(s["il"], s["n_head_kv"], 0)) == self.n_tokens
                                                   for s in self._layer_stats(0) if not s["is_swa"])
         self._recall = self._copy_sequence() if copy else None
-        self._compress(0)
+        n = self.n_tokens
+        prompt_queries = self._decode_lookahead()
+        try:
+            self._compress(0, lookahead=self.n_tokens - n)
+        finally:
+            if prompt_queries is not None:
+                self._drop_lookahead(n, prompt_queries)
         self._compressed_upto = self.n_tokens
         # the shrink waits for the next evaluation: the context holds the logits to sample from,
         # which a rebuilt context would not have
         self._shrink_pending = self._shrink_cache
         return True
+
+    def _decode_lookahead(self) -> Optional[dict]:
+        """Decodes up to ``lookahead`` greedy tokens after the evaluated prompt, over its full cache,
+        observing their queries; the window then holds the prompt's last queries followed by theirs,
+        and the engine's window (always kept, never scored) covers both. Returns the prompt's own window
+        queries ({model layer: rows}) for _drop_lookahead, or None when nothing was decoded (lookahead
+        off, streamingllm, the prompt's logits unknown, an end token first, no free cell, or a
+        sliding-window cache that cannot rewind)."""
+        cfg = self.compression
+        n = self.n_tokens
+        self.lookahead_tokens = 0
+        if (cfg.lookahead == 0 or cfg.method == "streamingllm" or self._prompt_logits is None
+                or self._prompt_logits[0] != n or not self._can_rewind):
+            return None
+        steps = min(cfg.lookahead, self._ctx.n_ctx() - self._cells_held(), self.n_ctx() - n)
+        vocab = llama_cpp.llama_model_get_vocab(self._model.model)
+        token = int(np.argmax(self._prompt_logits[1]))
+        if steps <= 0 or llama_cpp.llama_vocab_is_eog(vocab, token):
+            return None
+        ctx = self._ctx_ptr()
+        layers = [s["il"] for s in self._layer_stats(0)]
+        prompt_queries = {il: self.window_queries(il) for il in layers}
+        _check(lib.llama_uncomp_set_params(ctx, replace(cfg, window=cfg.window + steps)._native_ptr()))
+        _check(lib.llama_uncomp_observe(ctx, True))
+        try:
+            for _ in range(steps):
+                llama_cpp.Llama.eval(self, [token])
+                self.n_evaluated += 1
+                token = int(np.argmax(self._last_logits()))
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+        finally:
+            lib.llama_uncomp_observe(ctx, False)
+        self.lookahead_tokens = self.n_tokens - n  # an end token may have stopped it early
+        window = cfg.window + self.lookahead_tokens
+        lookahead_queries = {il: self.window_queries(il) for il in layers}
+        _check(lib.llama_uncomp_set_params(ctx, replace(cfg, window=window)._native_ptr()))
+        self._set_window_queries({il: np.concatenate([prompt_queries[il], lookahead_queries[il]]) for il in layers},
+                                 window=window)
+        return prompt_queries
+
+    def _drop_lookahead(self, n: int, prompt_queries: dict) -> None:
+        """Rewinds the sequence to its n prompt tokens after a compression with lookahead (every head kept
+        the lookahead tokens, in the last cells: the rewind is exact), with the prompt's settings, window
+        queries and logits back."""
+        self._ctx.kv_cache_seq_rm(-1, n, -1)
+        self.n_tokens = n
+        _check(lib.llama_uncomp_set_params(self._ctx_ptr(), self.compression._native_ptr()))
+        self._set_window_queries(prompt_queries)
+        self._last_logits()[:] = self._prompt_logits[1]
 
     def _copy_sequence(self):
         """(tokens, bytes): the tokens sequence 0 holds and its whole cache, copied to host memory."""
@@ -519,10 +581,11 @@ class Llama(llama_cpp.Llama):
             self._set_window_queries(queries)
         self._cells_used = self._cells_held()
 
-    def _set_window_queries(self, queries: dict) -> None:
-        """Restores observed window queries ({model layer: rows}, the last ``window`` of them kept)."""
+    def _set_window_queries(self, queries: dict, window: Optional[int] = None) -> None:
+        """Restores observed window queries ({model layer: rows}, the last ``window`` of them kept;
+        default: the settings' window)."""
         for il, rows in queries.items():
-            rows = np.ascontiguousarray(rows[-self.compression.window:], dtype=np.float32)
+            rows = np.ascontiguousarray(rows[-(window or self.compression.window):], dtype=np.float32)
             if len(rows):
                 _check(lib.llama_uncomp_set_window_queries(self._ctx_ptr(), il, ffi.cast("float *", rows.ctypes.data), len(rows)))
 
@@ -533,8 +596,9 @@ class Llama(llama_cpp.Llama):
         params.n_ctx = n_cells
         return _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
 
-    def _compress(self, seq_id: int) -> None:
-        """Splits the sequence's budget with the policy and lets the engine evict down to it."""
+    def _compress(self, seq_id: int, lookahead: int = 0) -> None:
+        """Splits the sequence's budget with the policy and lets the engine evict down to it. lookahead:
+        the sequence ends with that many lookahead tokens, which every head keeps beyond its budget."""
         cfg = self.compression
         stats = self._layer_stats(seq_id)
         compressible = [s for s in stats if not s["is_swa"]]
@@ -545,8 +609,8 @@ class Llama(llama_cpp.Llama):
             layers = [LayerInfo(layer.il, layer.n_head_kv, e) for layer, e in zip(layers, self._entropy)]
         held = max(s["n_cells"] for s in compressible)
         held_per_head = [self._tokens_kept(s["il"], s["n_head_kv"], seq_id) for s in compressible]
-        mean = cfg.budget if cfg.budget is not None else cfg.ratio * self.n_tokens
-        budgets = iter(fit_budgets(self.policy.weights(layers), mean, cfg.window + cfg.n_sink, held_per_head))
+        mean = (cfg.budget if cfg.budget is not None else cfg.ratio * (self.n_tokens - lookahead)) + lookahead
+        budgets = iter(fit_budgets(self.policy.weights(layers), mean, cfg.window + lookahead + cfg.n_sink, held_per_head))
         # one entry per KV head of every cache layer; sliding-window layers keep what they hold
         flat = np.concatenate([np.full(s["n_head_kv"], held) if s["is_swa"] else next(budgets) for s in stats])
         flat = np.ascontiguousarray(flat, dtype=np.int32)
@@ -622,6 +686,8 @@ class Llama(llama_cpp.Llama):
             logits = getattr(state, "uncomp_prompt_logits", None)
             if logits is not None and self._compressed_upto > 0:
                 self._restore_prompt_logits(state, logits)
+            elif logits is not None:  # an uncompressed prompt: its compression may decode a lookahead from them
+                self._prompt_logits = (self.n_tokens, logits.copy())
 
     def _restore_prompt_logits(self, state, logits: np.ndarray) -> None:
         """After loading a state saved at the end of a compressed prompt: gives the context the prompt's
@@ -700,7 +766,7 @@ class Llama(llama_cpp.Llama):
         ``layers`` (model layer index of each cache layer), ``swa_layers``, and ``tokens_kept``
         (per cache layer, one count per KV head), ``entropy`` (the key entropy of each KV head of each
         compressible layer that the last compression split budgets by; None for methods that do not
-        use it).
+        use it), ``lookahead_tokens`` (tokens the last compression's lookahead decoded and dropped).
         """
         stats = self._layer_stats(seq_id)
         n_tokens = self.n_tokens
@@ -729,4 +795,5 @@ class Llama(llama_cpp.Llama):
             "entropy": None if self._entropy is None else [[float(v) for v in e] for e in self._entropy],
             "fitted": self._fitted,
             "recall_bytes": 0 if self._recall is None else len(self._recall[1]),
+            "lookahead_tokens": self.lookahead_tokens,
         }

@@ -47,6 +47,8 @@ def test_stats_follow_the_cache_through_reset(smollm2):
     ({"window": 0}, "window"), ({"window": 2.5}, "window"), ({"pool_kernel": 4}, "pool_kernel"),
     ({"n_sink": -1}, "n_sink"), ({"n_head_groups": 0}, "n_head_groups"), ({"budget": 0}, "budget"),
     ({"window": 2**40}, "window"), ({"shrink_cache": "yes"}, "shrink_cache"), ({"shrink_cache": 1}, "shrink_cache"),
+    ({"lookahead": -1}, "lookahead"), ({"lookahead": 65}, "lookahead"), ({"lookahead": 2.5}, "lookahead"),
+    ({"lookahead": True}, "lookahead"),
 ])
 def test_bad_compression_parameters_raise_value_error(smollm2_path, kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: "):

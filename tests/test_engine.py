@@ -263,11 +263,13 @@ def test_a_diverging_prompt_gives_what_a_fresh_evaluation_gives(engines):
 
 def test_gemma3_compresses_its_global_layers_and_keeps_the_sliding_ones(gemma3_path):
     full = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, verbose=False)
-    snap = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, method="snapkv", ratio=0.1, verbose=False)
+    # lookahead asked for: skipped, as the sliding-window cache cannot rewind the tokens it would decode
+    snap = pyuncomp.Llama(gemma3_path, n_ctx=N_CTX, method="snapkv", ratio=0.1, lookahead=16, verbose=False)
     full_hits = passkey_score(full)
     snap_hits = passkey_score(snap)
     assert snap_hits >= full_hits
     f, s = full.compression_stats(), snap.compression_stats()
+    assert s["lookahead_tokens"] == 0
     assert f["swa_layers"] == s["swa_layers"] and len(s["swa_layers"]) > 0
     for layer, kept_full, kept_snap in zip(s["layers"], f["tokens_kept"], s["tokens_kept"]):
         if layer in s["swa_layers"]:
@@ -493,3 +495,48 @@ def test_two_models_in_threads_answer_as_each_alone(smollm2_path):
     for llm in llms:
         llm.close()
     assert together == alone
+
+
+def test_a_lookahead_that_evicts_nothing_answers_as_no_lookahead(smollm2_path):
+    # the lookahead's tokens are decoded over the full cache, then dropped: with a budget that keeps
+    # every token, the answer (sampled from the prompt's own logits) and the positions are unchanged
+    prompt = passkey_prompt(60, 0.4, "62831")
+    runs = {}
+    for lookahead in (0, 16):
+        llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="snapkv", budget=N_CTX, lookahead=lookahead,
+                             seed=0, verbose=False)
+        out = llm(prompt, max_tokens=12, temperature=0.0)
+        stats = llm.compression_stats()
+        runs[lookahead] = (out["choices"][0]["text"], llm.n_evaluated, stats["n_tokens"], stats["lookahead_tokens"])
+        llm.close()
+    assert runs[16][0] == runs[0][0] and "62831" in runs[0][0]
+    assert runs[16][2] == runs[0][2]
+    assert runs[0][3] == 0 and runs[16][3] > 0
+    assert runs[16][1] == runs[0][1] + runs[16][3]  # the lookahead was decoded
+
+
+@pytest.mark.parametrize("method", ["snapkv", "uncomp"])
+def test_a_lookahead_scores_the_prefix_then_leaves_the_prompt_as_it_was(smollm2_path, method):
+    # budgets, window queries and the first answer token are the prompt's; only the selection changes
+    prompt = passkey_prompt(60, 0.4, "62831")
+    kept_keys = {}
+    for lookahead in (0, 16):
+        llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=method, ratio=0.1, lookahead=lookahead,
+                             auto_compress=False, seed=0, verbose=False)
+        tokens = llm.tokenize(prompt.encode())
+        llm.eval(tokens)
+        queries = {il: llm.window_queries(il) for il in (0, 29)}
+        plain = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=method, ratio=0.1, seed=0, verbose=False)
+        plain.eval(tokens)
+        llm.compress()
+        stats, plain_stats = llm.compression_stats(), plain.compression_stats()
+        assert llm.n_tokens == stats["n_tokens"] == len(tokens)
+        assert stats["tokens_kept"] == plain_stats["tokens_kept"]  # the lookahead is not in the budgets
+        for il, q in queries.items():
+            np.testing.assert_array_equal(llm.window_queries(il), q)
+        kept_keys[lookahead] = llm.cached_keys(29)
+        # the next token is sampled from the prompt's logits, not from the lookahead's last
+        assert llm.sample(temp=0.0) == plain.sample(temp=0.0)
+        llm.close()
+        plain.close()
+    assert kept_keys[16].shape == kept_keys[0].shape and not np.array_equal(kept_keys[16], kept_keys[0])

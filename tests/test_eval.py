@@ -125,7 +125,7 @@ def test_fast_fidelity_subset_at_2k(smollm2_path, tmp_path):
     ({"ratios": [1.5]}, "ratio"), ({"lengths": [9000]}, "longer than the model's context"),
     ({"lengths": [10]}, "length"), ({"depths": [1.5]}, "depth"), ({"samples": 0}, "samples"),
     ({"new_turns": "recompute"}, "new_turns"), ({"prefill_keeps": [0.0]}, "prefill_keep"),
-    ({"prefill_keeps": [0.5], "prefill_min_tokens": -1}, "prefill_min_tokens"),
+    ({"prefill_keeps": [0.5], "prefill_min_tokens": -1}, "prefill_min_tokens"), ({"lookahead": 100}, "lookahead"),
 ])
 def test_evaluate_refuses_bad_arguments(smollm2_path, kwargs, field):
     args = {"tasks": ["passkey"], "methods": ["full", "uncomp"], "ratios": [0.05], "lengths": [512], **kwargs}

@@ -5,7 +5,10 @@ is (budget pyramid by depth, beta 4), milder or flat depth pyramids, and pyramid
 the layers of lowest key entropy). Policies are swapped in by name, so no setting needs a CLI flag.
 
     python docs/fidelity/layer_split_s24/sweep.py OUT.json [--seeds 0 1] [--variants ...] [--tasks ...] [--n-gpu-layers N]
-        [--new-turns append|reevaluate|recall]
+        [--new-turns append|reevaluate|recall] [--lookaheads 0 8]
+
+--lookaheads (session 32): each variant also with Llama(lookahead=N) for each N; a nonzero N names the
+setting "<variant>+la<N> <ratio>".
 """
 import argparse
 import json
@@ -28,6 +31,7 @@ ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
 ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
 ap.add_argument("--n-gpu-layers", type=int, default=0)
 ap.add_argument("--no-full", action="store_true", help="skip the full cache's answers (recorded elsewhere)")
+ap.add_argument("--lookaheads", type=int, nargs="+", default=[0], help="Llama's lookahead, each a setting")
 ap.add_argument("--new-turns", default="append", help="how the chat's second turn meets the first (Llama's new_turns)")
 args = ap.parse_args()
 
@@ -46,12 +50,16 @@ for seed in args.seeds:
                 ev.llm.reset()
                 ev.llm.eval(tokens)
                 first, state = ev._argmax(), ev.llm.save_state()
-                todo = [("full", Setting("full", 1.0))] * (not args.no_full) + [(v, Setting("uncomp", r)) for v in args.variants
-                                                           for r in args.ratios]
-                for name, setting in todo:
+                todo = [("full", Setting("full", 1.0), 0)] * (not args.no_full) + [
+                    (v, Setting("uncomp", r), la) for v in args.variants for la in args.lookaheads for r in args.ratios]
+                for name, setting, lookahead in todo:
                     use(None if name == "full" else name)
+                    ev.llm.set_compression(lookahead=lookahead)
                     r = ev._answer(sample, tokens, setting, state, first, chat, MAX_TOKENS[task])
-                    r.update(seed=seed, variant=name, setting=name if name == "full" else f"{name} {setting.ratio:g}")
+                    name = name + (f"+la{lookahead}" if lookahead else "")
+                    r.update(seed=seed, variant=name, lookahead=lookahead,
+                             setting=name if name == "full" else f"{name} {setting.ratio:g}")
                     records.append(r)
+        # after every task: a run stopped by a time limit keeps what it answered
+        json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
     print(f"seed {seed}: {len(records)} answers so far, {time.time() - t0:.0f} s", flush=True)
-    json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
