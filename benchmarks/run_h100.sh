@@ -16,7 +16,7 @@
 #     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
-#   - SWEEP="sweep.py args": the policy sweep on SmolLM2 on the GPU, a process per seed (SWEEP_SEEDS);
+#   - SWEEP="sweep.py args": the policy sweep on SmolLM2 on the GPU (SWEEP_SEEDS, SWEEP_LIMIT_S);
 #   - PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, step by step on the eval's prompts (tools/graph_replay_probe.py --scenario eval);
 #   - PLOT_PROBE=1: which import or subprocess crashes the device image's Python after pyuncomp (matplotlib);
 #   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
@@ -67,20 +67,15 @@ if [ -f /tmp/smollm2.gguf ] && [ "${PASSKEYS:-1}" = 1 ]; then
         python3 tools/soak.py --model /tmp/smollm2.gguf --calls "$SOAK_CALLS" --n-gpu-layers -1 | tee "$OUT/soak_gpu.txt"
     fi
 fi
-# SWEEP="args": docs/fidelity/layer_split_s24/sweep.py on SmolLM2 on the GPU with those arguments, one
-# process per seed of SWEEP_SEEDS (default 0-5) at once (a 135M model leaves the GPU idle between Python
-# steps), each stopped after SWEEP_LIMIT_S (default 500) s with the tasks it finished; -> $OUT/sweep.tgz
+# SWEEP="args": docs/fidelity/layer_split_s24/sweep.py on SmolLM2 on the GPU with those arguments and the
+# seeds SWEEP_SEEDS (default 0-5), stopped after SWEEP_LIMIT_S (default 500) s with the tasks it finished
+# (it saves after each): $OUT/sweep.json, $OUT/sweep.log. One process: six at once (a seed each, 8 llama.cpp
+# threads each on 16 cores) finished no task in 520 s on an H200 (session 32)
 if [ -f /tmp/smollm2.gguf ] && [ -n "${SWEEP:-}" ]; then
-    mkdir -p /tmp/sweep && pids=()
-    for seed in ${SWEEP_SEEDS:-0 1 2 3 4 5}; do
-        (cd docs/fidelity/layer_split_s24 && GGML_CUDA_DISABLE_GRAPHS=1 timeout "${SWEEP_LIMIT_S:-500}" python3 sweep.py \
-            /tmp/sweep/seed$seed.json --model /tmp/smollm2.gguf --n-gpu-layers -1 --seeds $seed $SWEEP \
-            > /tmp/sweep/seed$seed.log 2>&1) &
-        pids+=($!)
-    done
-    for pid in "${pids[@]}"; do wait "$pid" || echo "a sweep process ended with an error or its time limit"; done
-    tail -n 2 /tmp/sweep/*.log
-    tar czf "$OUT/sweep.tgz" -C /tmp sweep
+    (cd docs/fidelity/layer_split_s24 && GGML_CUDA_DISABLE_GRAPHS=1 timeout "${SWEEP_LIMIT_S:-500}" python3 sweep.py \
+        "$OUT/sweep.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 --seeds ${SWEEP_SEEDS:-0 1 2 3 4 5} $SWEEP \
+        > "$OUT/sweep.log" 2>&1) || echo "the sweep ended with an error or its time limit"
+    tail -n 5 "$OUT/sweep.log"
 fi
 # PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, on the eval's own multi-key 2k prompts in its order
 # (session 27: on the H200 runs of same-length pruned prefills answered NaN where the CPU did not): every

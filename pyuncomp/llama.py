@@ -410,23 +410,24 @@ class Llama(llama_cpp.Llama):
                                                   for s in self._layer_stats(0) if not s["is_swa"])
         self._recall = self._copy_sequence() if copy else None
         n = self.n_tokens
-        prompt_queries = self._decode_lookahead()
+        prompt = self._decode_lookahead()
         try:
-            self._compress(0, lookahead=self.n_tokens - n)
+            self._compress(0, lookahead=self.n_tokens - n, entropy=prompt and prompt[1])
         finally:
-            if prompt_queries is not None:
-                self._drop_lookahead(n, prompt_queries)
+            if prompt is not None:
+                self._drop_lookahead(n, prompt[0])
         self._compressed_upto = self.n_tokens
         # the shrink waits for the next evaluation: the context holds the logits to sample from,
         # which a rebuilt context would not have
         self._shrink_pending = self._shrink_cache
         return True
 
-    def _decode_lookahead(self) -> Optional[dict]:
+    def _decode_lookahead(self) -> Optional[tuple]:
         """Decodes up to ``lookahead`` greedy tokens after the evaluated prompt, over its full cache,
         observing their queries; the window then holds the prompt's last queries followed by theirs,
         and the engine's window (always kept, never scored) covers both. Returns the prompt's own window
-        queries ({model layer: rows}) for _drop_lookahead, or None when nothing was decoded (lookahead
+        queries ({model layer: rows}) for _drop_lookahead and, for a policy that splits budgets by it, the
+        prompt's key entropy (so that the lookahead's keys move no budget), or None when nothing was decoded (lookahead
         off, streamingllm, the prompt's logits unknown, an end token first, no free cell, or a
         sliding-window cache that cannot rewind)."""
         cfg = self.compression
@@ -441,8 +442,10 @@ class Llama(llama_cpp.Llama):
         if steps <= 0 or llama_cpp.llama_vocab_is_eog(vocab, token):
             return None
         ctx = self._ctx_ptr()
-        layers = [s["il"] for s in self._layer_stats(0)]
+        stats = self._layer_stats(0)
+        layers = [s["il"] for s in stats]
         prompt_queries = {il: self.window_queries(il) for il in layers}
+        entropy = self._key_entropy(stats, 32, 0) if self.policy.needs_entropy else None
         _check(lib.llama_uncomp_set_params(ctx, replace(cfg, window=cfg.window + steps)._native_ptr()))
         _check(lib.llama_uncomp_observe(ctx, True))
         try:
@@ -460,7 +463,7 @@ class Llama(llama_cpp.Llama):
         _check(lib.llama_uncomp_set_params(ctx, replace(cfg, window=window)._native_ptr()))
         self._set_window_queries({il: np.concatenate([prompt_queries[il], lookahead_queries[il]]) for il in layers},
                                  window=window)
-        return prompt_queries
+        return prompt_queries, entropy
 
     def _drop_lookahead(self, n: int, prompt_queries: dict) -> None:
         """Rewinds the sequence to its n prompt tokens after a compression with lookahead (every head kept
@@ -596,21 +599,25 @@ class Llama(llama_cpp.Llama):
         params.n_ctx = n_cells
         return _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
 
-    def _compress(self, seq_id: int, lookahead: int = 0) -> None:
+    def _compress(self, seq_id: int, lookahead: int = 0, entropy: Optional[list] = None) -> None:
         """Splits the sequence's budget with the policy and lets the engine evict down to it. lookahead:
-        the sequence ends with that many lookahead tokens, which every head keeps beyond its budget."""
+        the sequence ends with that many lookahead tokens, which every head keeps beyond its budget.
+        entropy: the cache layers' key entropies to split by (default: computed now)."""
         cfg = self.compression
         stats = self._layer_stats(seq_id)
         compressible = [s for s in stats if not s["is_swa"]]
         layers = [LayerInfo(il=s["il"], n_head_kv=s["n_head_kv"]) for s in compressible]
         if self.policy.needs_entropy:
-            entropy = self._key_entropy(stats, 32, seq_id, for_compress=True)
+            if entropy is None:
+                entropy = self._key_entropy(stats, 32, seq_id, for_compress=True)
             self._entropy = [e for s, e in zip(stats, entropy) if not s["is_swa"]]
             layers = [LayerInfo(layer.il, layer.n_head_kv, e) for layer, e in zip(layers, self._entropy)]
         held = max(s["n_cells"] for s in compressible)
         held_per_head = [self._tokens_kept(s["il"], s["n_head_kv"], seq_id) for s in compressible]
-        mean = (cfg.budget if cfg.budget is not None else cfg.ratio * (self.n_tokens - lookahead)) + lookahead
-        budgets = iter(fit_budgets(self.policy.weights(layers), mean, cfg.window + lookahead + cfg.n_sink, held_per_head))
+        # the prompt's budgets (as without a lookahead), then the lookahead's tokens on top of each
+        mean = cfg.budget if cfg.budget is not None else cfg.ratio * (self.n_tokens - lookahead)
+        budgets = iter(b + lookahead for b in fit_budgets(self.policy.weights(layers), mean, cfg.window + cfg.n_sink,
+                                                          [h - lookahead for h in held_per_head]))
         # one entry per KV head of every cache layer; sliding-window layers keep what they hold
         flat = np.concatenate([np.full(s["n_head_kv"], held) if s["is_swa"] else next(budgets) for s in stats])
         flat = np.ascontiguousarray(flat, dtype=np.int32)

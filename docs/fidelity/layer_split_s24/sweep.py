@@ -62,4 +62,5 @@ for seed in args.seeds:
                     records.append(r)
         # after every task: a run stopped by a time limit keeps what it answered
         json.dump({"args": vars(args), "records": records}, open(args.out, "w"), indent=1)
+        print(f"seed {seed} {task}: {len(records)} answers so far, {time.time() - t0:.0f} s", flush=True)
     print(f"seed {seed}: {len(records)} answers so far, {time.time() - t0:.0f} s", flush=True)
