@@ -40,8 +40,9 @@ class CompressionConfig:
     lookahead: before a scored compression, decode up to this many greedy tokens after the prompt over
     its full cache and let their queries score the prefix beside the window's; they are dropped after.
     The answer's first tokens attend to what it copies next (a number's later digits), which the
-    question's own queries can rank low. 0: off. At most ``MAX_LOOKAHEAD``. Not on models with a
-    sliding-window cache that cannot rewind (Gemma 3 without ``swa_full=True``).
+    question's own queries can rank low. Default 16 (docs/fidelity.md, "Lookahead"); 0: off. At most
+    ``MAX_LOOKAHEAD``. Not on models with a sliding-window cache that cannot rewind (Gemma 3 with
+    ``swa_full=False``; llama-cpp-python's default is the full-size cache, which can).
     """
 
     ratio: float = 1.0
@@ -55,7 +56,7 @@ class CompressionConfig:
     prefill_layer: Optional[int] = None
     prefill_keep: float = 0.5
     prefill_min_tokens: int = PREFILL_MIN_TOKENS
-    lookahead: int = 0
+    lookahead: int = 16
 
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method not in METHODS:

@@ -531,7 +531,7 @@ def test_a_lookahead_scores_the_prefix_then_leaves_the_prompt_as_it_was(smollm2_
         tokens = llm.tokenize(prompt.encode())
         llm.eval(tokens)
         queries = {il: llm.window_queries(il) for il in (0, 29)}
-        plain = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=method, ratio=0.1, seed=0, verbose=False)
+        plain = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method=method, ratio=0.1, lookahead=0, seed=0, verbose=False)
         plain.eval(tokens)
         llm.compress()
         stats, plain_stats = llm.compression_stats(), plain.compression_stats()
