@@ -157,7 +157,7 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"on_unsupported: must be 'error' or 'full', got {on_unsupported!r}")
         self._recall = None
         self._prompt_next = False  # the next evaluation is a prompt's (set by generate)
-        # tokens evaluated so far (prompts, re-evaluated history, generated tokens): what recall spares
+        # tokens evaluated so far (prompts, re-evaluated history, lookahead and generated tokens): what recall spares
         self.n_evaluated = 0
         self._offloaded = kwargs.get("n_gpu_layers", 0) != 0
         self.new_turns = new_turns
