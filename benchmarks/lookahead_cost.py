@@ -1,7 +1,6 @@
-"""What the lookahead costs: the time from a prompt's request to its first answer token (evaluation,
-lookahead, compression), with and without it, on a passkey prompt of each length. The evaluation is
-done once per length and saved; each setting restores it and times compress() alone, then the whole
-request once more as a user makes it.
+"""What the lookahead costs: the time of compress() (lookahead, then compression) with and without it,
+on a passkey prompt of each length, beside the prompt's evaluation time. The evaluation is done once
+per length and saved; each setting restores it and times compress() alone.
 
     python benchmarks/lookahead_cost.py [--model M] [--lengths 2048 7168] [--lookaheads 0 16] [--ratio 0.1]
         [--method uncomp] [--threads 2] [--n-gpu-layers 0] [--repeats 3]

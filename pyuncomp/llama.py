@@ -229,12 +229,13 @@ class Llama(llama_cpp.Llama):
             _check(err)
             self._attached = True
             self._prefill_layer = self._prefill_layer_of(self.compression)
+            sliding = any(s["is_swa"] for s in self._layer_stats(0))
             # a sliding-window cache (Gemma 3's, unless swa_full) reuses the cells its window has left
             # behind, so tokens decoded and removed again would take cells the next token still needs
-            self._can_rewind = self.context_params.swa_full or not any(s["is_swa"] for s in self._layer_stats(0))
+            self._can_rewind = self.context_params.swa_full or not sliding
             # a rebuilt iSWA context prunes its sliding-window cells differently, which moved Gemma 3's
             # greedy text (a near tie); until that is understood, such models keep their allocation
-            if any(s["is_swa"] for s in self._layer_stats(0)):
+            if sliding:
                 self._shrink_cache = False
                 self._resize_context(self._n_ctx)  # its whole allocation from the start
 
