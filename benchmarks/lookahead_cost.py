@@ -3,7 +3,7 @@ on a passkey prompt of each length, beside the prompt's evaluation time. The eva
 per length and saved; each setting restores it and times compress() alone.
 
     python benchmarks/lookahead_cost.py [--model M] [--lengths 2048 7168] [--lookaheads 0 16] [--ratio 0.1]
-        [--method uncomp] [--threads 2] [--n-gpu-layers 0] [--repeats 3]
+        [--method uncomp] [--threads 2] [--n-gpu-layers 0] [--flash-attn] [--n-batch 512] [--repeats 3]
 """
 import argparse
 import time
@@ -19,13 +19,16 @@ ap.add_argument("--ratio", type=float, default=0.1)
 ap.add_argument("--method", default="uncomp")
 ap.add_argument("--threads", type=int, default=None)
 ap.add_argument("--n-gpu-layers", type=int, default=0)
+ap.add_argument("--flash-attn", action="store_true")
+ap.add_argument("--n-batch", type=int, default=512)
 ap.add_argument("--repeats", type=int, default=3)
 args = ap.parse_args()
 
 path = str(pyuncomp.resolve_model(args.model))
 for length in args.lengths:
     llm = pyuncomp.Llama(path, n_ctx=length + 512, method=args.method, ratio=args.ratio, auto_compress=False,
-                         n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
+                         n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
+                         n_batch=args.n_batch, verbose=False)
     count = lambda text: len(llm.tokenize(text.encode(), add_bos=False))  # noqa: E731
     tokens = llm.tokenize(make_samples("passkey", length, [0.5], 1, 0, count)[0].prompt.encode())
     t0 = time.perf_counter()

@@ -25,6 +25,8 @@
 #   - SCHED_DEBUG=1: where the scheduler puts a compressed 8B layer's attention during decode;
 #   - DECODE_KERNELS="DEPTH RATIO": one decoded token's kernels on the 8B shape, stock, snapkv and uncomp,
 #     under Nsight Compute (benchmarks/decode_kernels.py), summed per kernel into $OUT/decode_kernels.txt;
+#   - LOOKAHEAD_COST="args": benchmarks/lookahead_cost.py on the 8B shape on the GPU with flash attention
+#     (e.g. "--lengths 8192 32768"), into $OUT/lookahead_cost.txt;
 #   - benchmarks/cuda_bench.py on a Llama-3-8B-shaped random Q4_0 GGUF written here, when given args.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -213,6 +215,12 @@ if [ -n "${DECODE_KERNELS:-}" ]; then
             --ratio "$ratio" --method $m >/dev/null || echo "ncu on $m failed"
     done
     python3 benchmarks/decode_kernels.py --summary /tmp/kernels_*.csv | tee "$OUT/decode_kernels.txt"
+fi
+
+if [ -n "${LOOKAHEAD_COST:-}" ]; then
+    [ -f /tmp/llama8b.gguf ] || synth /tmp/llama8b.gguf --ctx 131072
+    python3 benchmarks/lookahead_cost.py --model /tmp/llama8b.gguf --n-gpu-layers -1 --flash-attn --n-batch 2048 $LOOKAHEAD_COST \
+        | tee "$OUT/lookahead_cost.txt" || echo "lookahead_cost.py failed"
 fi
 
 if [ $# -gt 0 ]; then

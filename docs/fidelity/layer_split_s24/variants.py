@@ -4,10 +4,11 @@ import numpy as np
 
 import pyuncomp.llama as engine
 from pyuncomp.eval.runner import Evaluator
-from pyuncomp.policies import SnapKV, UNComp
+from pyuncomp.policies import PyramidKV, SnapKV, UNComp
 
 VARIANTS = {
     "snapkv": SnapKV,
+    "pyramidkv": PyramidKV,  # session 33: the second baseline beside the lookahead
     "uncomp": UNComp,  # the engine's default (pyramid by depth, beta 4 until session 25, then 1.5)
     "depth-b4": lambda: UNComp(beta=4.0),
     "depth-b1.5": lambda: UNComp(beta=1.5),
