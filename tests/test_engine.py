@@ -517,7 +517,33 @@ def test_a_lookahead_that_evicts_nothing_answers_as_no_lookahead(smollm2_path):
     assert runs[16][0] == runs[0][0] and "62831" in runs[0][0]
     assert runs[16][2] == runs[0][2]
     assert runs[0][3] == 0 and runs[16][3] > 0
-    assert runs[16][1] == runs[0][1] + runs[16][3]  # the lookahead was decoded
+    # the lookahead was decoded (a plain step for each token but the last), then evaluated as one batch
+    assert runs[16][1] == runs[0][1] + 2 * runs[16][3] - 1
+
+
+def test_the_lookahead_observes_the_greedy_answer_at_its_positions(smollm2_path):
+    # the window queries a compression with lookahead scores by: the prompt's last 8, then those of the
+    # full cache's greedy continuation, as an evaluation of prompt and continuation together observes them
+    prompt = passkey_prompt(60, 0.4, "62831")
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="snapkv", ratio=0.1, lookahead=16, auto_compress=False,
+                         seed=0, verbose=False)
+    tokens = llm.tokenize(prompt.encode())
+    llm.eval(tokens)
+    prompt_queries, _ = llm._decode_lookahead()
+    k = llm.lookahead_tokens
+    continuation = [int(t) for t in llm._input_ids[len(tokens): len(tokens) + k]]
+    observed = {il: llm.window_queries(il) for il in (0, 29)}
+    llm._drop_lookahead(len(tokens), prompt_queries)
+    answer = llm(prompt, max_tokens=k, temperature=0.0)["choices"][0]["text"]  # compressed: its start only
+    assert k == 16 and llm.detokenize(continuation).decode().startswith(answer[:6]) and "62831" in answer
+    together = pyuncomp.Llama(smollm2_path, n_ctx=N_CTX, method="snapkv", ratio=0.1, window=8 + k,
+                              auto_compress=False, verbose=False)
+    together.eval(tokens + continuation)
+    for il, q in observed.items():
+        assert q.shape == (8 + k, together.window_queries(il).shape[1])
+        np.testing.assert_allclose(q, together.window_queries(il), rtol=1e-3, atol=1e-3)
+    llm.close()
+    together.close()
 
 
 @pytest.mark.parametrize("method", ["snapkv", "uncomp"])
