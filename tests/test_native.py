@@ -41,7 +41,7 @@ def test_native_engine_under_asan(path):
     """Observe, compress with per-head budgets, decode, save/restore, bad arguments, two sequences of one
     context compressed independently and decoded in one batch: f16 (flash attention off and on), q8_0
     and q4_0 caches, with libllama (our engine and llama.cpp) under ASan + UBSan; once with the host
-    steps, once with the graph steps a GPU cache uses, on the CPU backend (UNCOMP_DEVICE_PATH=1)."""
+    steps (UNCOMP_DEVICE_PATH=0), once with the graph steps every cache uses by default (on the CPU backend)."""
     exe = build("test-uncomp-engine")
     env = {**ASAN_ENV, "UNCOMP_DEVICE_PATH": "1" if path == "device" else "0"}
     r = subprocess.run([str(exe), str(pyuncomp.resolve_model(None))], capture_output=True, text=True, env=env)

@@ -1,5 +1,5 @@
 """Compress one passkey prompt and write what the engine kept, so that two runs can be compared: the
-host path against the device path (UNCOMP_DEVICE_PATH=1, or a cache on a GPU with --n-gpu-layers -1).
+host path (UNCOMP_DEVICE_PATH=0) against the graph steps (the default; on a GPU with --n-gpu-layers -1).
 
     python tools/compress_probe.py OUT.npz [--model M] [--method uncomp] [--cache f16|q8_0] [--n-gpu-layers N]
     python tools/compress_probe.py --compare A.npz B.npz     # exit 1 when they differ

@@ -1,8 +1,8 @@
 // The engine's steps that run where the cache lives (CPU or GPU), as small ggml graphs on a backend of
 // the cache's own device: window scoring, key Gram matrices and the compaction of kept rows. Only
 // per-token scores, d×d Gram matrices and cell indices cross to the host; the cached rows never do.
-// Used for caches in device memory, and for host caches when UNCOMP_DEVICE_PATH=1 (tests compare it
-// with the host path on the same cache).
+// Used for every cache: host caches run them on the CPU backend (UNCOMP_DEVICE_PATH=0: the host path
+// instead, which the tests compare them with on the same cache).
 #pragma once
 
 #include "ggml.h"
@@ -101,5 +101,5 @@ private:
 // the device whose memory holds a cache tensor
 ggml_backend_dev_t uncomp_device_of(const ggml_tensor * storage);
 
-// whether the engine uses uncomp_device for a cache tensor
+// whether the engine uses uncomp_device for a cache tensor (always, unless UNCOMP_DEVICE_PATH=0 for a host one)
 bool uncomp_device_wanted(const ggml_tensor * storage);

@@ -40,8 +40,8 @@ bool uncomp_context_fitted(const llama_context * ctx);
 // Truncated matrix entropy of n rows of d values (row r at x + r*stride), k_trunc <= 0: all d.
 float uncomp_truncated_entropy(const float * x, int64_t n, int64_t stride, int d, int k_trunc);
 
-// The device-side steps for the cache layer of model layer il of an attached context, when that
-// layer's cache lives on a device (or UNCOMP_DEVICE_PATH=1); nullptr: use the host path.
+// The device-side steps for the cache layer of model layer il of an attached context (the CPU backend's
+// for a host cache), unless UNCOMP_DEVICE_PATH=0 keeps a host cache on the host path: nullptr.
 uncomp_device * uncomp_device_for(const llama_context * ctx, int32_t il);
 
 // Starts, on the devices holding the cache's layers, the window scoring that compressing seq_id now
