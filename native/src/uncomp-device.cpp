@@ -47,8 +47,7 @@ bool uncomp_device_wanted(const ggml_tensor * storage) {
         const char * v = std::getenv("UNCOMP_DEVICE_PATH");
         return v != nullptr && std::strcmp(v, "0") == 0;
     }();
-    const bool on_host = storage->buffer == nullptr || ggml_backend_buffer_is_host(storage->buffer);
-    return !(on_host && host_twins);
+    return storage->buffer != nullptr && !(host_twins && ggml_backend_buffer_is_host(storage->buffer));
 }
 
 uncomp_device::uncomp_device(const ggml_tensor * storage) {
