@@ -3,17 +3,11 @@ full cache and after snapkv at 0.1 and 0.2 (lookahead 16, the default): how clos
 
     python margin.py > margin.txt
 """
-import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+from needle import evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
-from pyuncomp.eval.runner import Evaluator
-from pyuncomp.eval.tasks import make_samples
 
-ev = Evaluator(str(pyuncomp.resolve_model(None)), n_ctx=7680, n_threads=2)
+ev, sample, tokens = evaluated_needle()
 llm = ev.llm
-sample = make_samples("niah_multikey", 7168, [0.0], 1, 0, ev.count_tokens)[0]
-tokens = llm.tokenize(sample.prompt.encode())
-llm.reset()
-llm.eval(tokens)
 state = llm.save_state()
 answer = llm.tokenize(b": 9479793.", add_bos=False)
 

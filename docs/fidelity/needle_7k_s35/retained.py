@@ -6,17 +6,11 @@ full cache). Computed in numpy from the window queries and cached keys (both pos
 
     python retained.py > retained.txt
 """
-import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+from needle import evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
-from pyuncomp.eval.runner import Evaluator
-from pyuncomp.eval.tasks import make_samples
 
-ev = Evaluator(str(pyuncomp.resolve_model(None)), n_ctx=7680, n_threads=2)
+ev, sample, tokens = evaluated_needle()
 llm = ev.llm
-sample = make_samples("niah_multikey", 7168, [0.0], 1, 0, ev.count_tokens)[0]
-tokens = llm.tokenize(sample.prompt.encode())
-llm.reset()
-llm.eval(tokens)
 llm.set_compression(method="snapkv", ratio=0.1, lookahead=16)
 llm._decode_lookahead()  # the window now holds the prompt's 8 queries and the lookahead's
 print("lookahead:", repr(llm.detokenize(list(llm.input_ids[len(tokens):llm.n_tokens])).decode()))

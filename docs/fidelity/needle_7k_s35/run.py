@@ -11,10 +11,8 @@ changes the digit.
 import argparse
 import json
 
-import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+from needle import evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
-from pyuncomp.eval.runner import Evaluator
-from pyuncomp.eval.tasks import make_samples
 from pyuncomp.policies import Policy
 
 ap = argparse.ArgumentParser()
@@ -25,16 +23,11 @@ ap.add_argument("--ratio", type=float, default=0.1, help="the compressed layers'
 ap.add_argument("--lookaheads", type=int, nargs="+", default=[16, 0])
 args = ap.parse_args()
 
-LENGTH, SEED, DEPTH = 7168, 0, 0.0
-ev = Evaluator(str(pyuncomp.resolve_model(None)), n_ctx=7680, n_threads=2)
+ev, sample, tokens = evaluated_needle()
 llm = ev.llm
-sample = make_samples("niah_multikey", LENGTH, [DEPTH], 1, SEED, ev.count_tokens)[0]
-tokens = llm.tokenize(sample.prompt.encode())
 value = sample.answers[0]
 span = ev.token_span(tokens, value)
 print("needle", value, "tokens", span, [llm.detokenize([tokens[i]]).decode() for i in span], flush=True)
-llm.reset()
-llm.eval(tokens)
 first = ev._argmax()
 state = llm.save_state()
 layers = llm.compression_stats()["layers"]

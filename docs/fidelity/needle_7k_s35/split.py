@@ -4,10 +4,8 @@ engine scores tokens as for snapkv.
 
     python split.py > split.txt
 """
-import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+from needle import evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
-from pyuncomp.eval.runner import Evaluator
-from pyuncomp.eval.tasks import make_samples
 from pyuncomp.policies import Policy, pyramid_schedule
 
 
@@ -36,12 +34,8 @@ SPLITS = {
     "layers 0-14 x1.5, 15-29 x0.5": bands((0, 14, 1.5), (15, 29, 0.5)),
 }
 
-ev = Evaluator(str(pyuncomp.resolve_model(None)), n_ctx=7680, n_threads=2)
+ev, sample, tokens = evaluated_needle()
 llm = ev.llm
-sample = make_samples("niah_multikey", 7168, [0.0], 1, 0, ev.count_tokens)[0]
-tokens = llm.tokenize(sample.prompt.encode())
-llm.reset()
-llm.eval(tokens)
 first, state = ev._argmax(), llm.save_state()
 for name, shares in SPLITS.items():
     llm.load_state(state)

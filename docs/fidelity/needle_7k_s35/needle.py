@@ -1,0 +1,15 @@
+"""The prompt every script here traces: SmolLM2, the 7k multi-key task of seed 0 with its needle at
+depth 0 (9479793), evaluated once with the full cache."""
+import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+from pyuncomp.eval.runner import Evaluator
+from pyuncomp.eval.tasks import make_samples
+
+
+def evaluated_needle():
+    """(evaluator, sample, prompt tokens), the prompt evaluated with the full cache"""
+    ev = Evaluator(str(pyuncomp.resolve_model(None)), n_ctx=7680, n_threads=2)
+    sample = make_samples("niah_multikey", 7168, [0.0], 1, 0, ev.count_tokens)[0]
+    tokens = ev.llm.tokenize(sample.prompt.encode())
+    ev.llm.reset()
+    ev.llm.eval(tokens)
+    return ev, sample, tokens
