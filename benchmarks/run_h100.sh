@@ -17,6 +17,8 @@
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
 #   - SWEEP="sweep.py args": the policy sweep on SmolLM2 on the GPU (SWEEP_SEEDS, SWEEP_LIMIT_S);
+#   - EVAL="pyuncomp eval args": the harness on SmolLM2 on the GPU, once per seed of EVAL_SEEDS (default 0),
+#     all within EVAL_LIMIT_S (default 500) s, into $OUT/eval.tgz (one folder per seed);
 #   - PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, step by step on the eval's prompts (tools/graph_replay_probe.py --scenario eval);
 #   - PLOT_PROBE=1: which import or subprocess crashes the device image's Python after pyuncomp (matplotlib);
 #   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
@@ -78,6 +80,18 @@ if [ -f /tmp/smollm2.gguf ] && [ -n "${SWEEP:-}" ]; then
         "$OUT/sweep.json" --model /tmp/smollm2.gguf --n-gpu-layers -1 --seeds ${SWEEP_SEEDS:-0 1 2 3 4 5} $SWEEP \
         > "$OUT/sweep.log" 2>&1) || echo "the sweep ended with an error or its time limit"
     tail -n 5 "$OUT/sweep.log"
+fi
+# EVAL="args": `pyuncomp eval` on SmolLM2 on the GPU for each seed of EVAL_SEEDS, the seeds sharing EVAL_LIMIT_S;
+# what finished comes back in $OUT/eval.tgz (results.json, summary.md and plots of each seed)
+if [ -f /tmp/smollm2.gguf ] && [ -n "${EVAL:-}" ]; then
+    end=$((SECONDS + ${EVAL_LIMIT_S:-500})); mkdir -p /tmp/eval_gpu
+    for seed in ${EVAL_SEEDS:-0}; do
+        rc=0; (cd /tmp && timeout $((end - SECONDS)) python3 -m pyuncomp eval $EVAL --model /tmp/smollm2.gguf --n-gpu-layers -1 \
+            --seed "$seed" --quiet --out "/tmp/eval_gpu/seed$seed" > "/tmp/eval_gpu_seed$seed.log" 2>&1) || rc=$?
+        echo "eval seed $seed: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_seed$seed.log"
+        [ $SECONDS -lt $end ] || break
+    done
+    tar czf "$OUT/eval.tgz" -C /tmp eval_gpu
 fi
 # PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, on the eval's own multi-key 2k prompts in its order
 # (session 27: on the H200 runs of same-length pruned prefills answered NaN where the CPU did not): every
