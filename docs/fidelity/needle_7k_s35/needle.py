@@ -1,8 +1,20 @@
 """The prompt every script here traces: SmolLM2, the 7k multi-key task of seed 0 with its needle at
-depth 0 (9479793), evaluated once with the full cache."""
+depth 0 (9479793), evaluated once with the full cache; and a policy with layer shares set directly."""
 import pyuncomp  # noqa: I001  (first: it loads pyuncomp's libllama)
+import numpy as np
 from pyuncomp.eval.runner import Evaluator
 from pyuncomp.eval.tasks import make_samples
+from pyuncomp.policies import Policy
+
+
+class LayerShares(Policy):
+    """snapkv's scoring with one share per compressible layer, given in layer order (heads share equally)"""
+
+    def __init__(self, shares):
+        self.shares = shares
+
+    def weights(self, infos):
+        return [np.full(i.n_head_kv, s) for i, s in zip(infos, self.shares)]
 
 
 def evaluated_needle():

@@ -11,9 +11,8 @@ changes the digit.
 import argparse
 import json
 
-from needle import evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
+from needle import LayerShares, evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
-from pyuncomp.policies import Policy
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out")
@@ -40,16 +39,6 @@ for il in layers:
         full_rows[(il, h)] = {keys[p, h * hd:(h + 1) * hd].tobytes(): p for p in range(len(keys))}
 
 
-class Bands(Policy):
-    """snapkv's flat split, except that layers in `full` get a share large enough to keep every token"""
-
-    def __init__(self, full):
-        self.full = set(full)
-
-    def weights(self, infos):
-        return [np.full(i.n_head_kv, 1e6 if i.il in self.full else 1.0) for i in infos]
-
-
 def answer(method, ratio, lookahead, full_layers=None):
     llm.load_state(state)
     if full_layers is None:
@@ -58,7 +47,8 @@ def answer(method, ratio, lookahead, full_layers=None):
         n = len(tokens)
         mean = (len(full_layers) * n + (len(layers) - len(full_layers)) * ratio * n) / len(layers)
         llm.set_compression(method="snapkv", budget=int(mean), lookahead=lookahead)
-        llm.policy = Bands(full_layers)
+        # a share large enough to keep every token in full_layers, snapkv's flat share elsewhere
+        llm.policy = LayerShares([1e6 if il in full_layers else 1.0 for il in layers])
     llm.compress()
     stats = llm.compression_stats()
     kept = np.asarray(stats["tokens_kept"])

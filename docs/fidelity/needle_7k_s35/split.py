@@ -4,17 +4,9 @@ engine scores tokens as for snapkv.
 
     python split.py > split.txt
 """
-from needle import evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
+from needle import LayerShares, evaluated_needle  # noqa: I001  (first: it loads pyuncomp's libllama)
 import numpy as np
-from pyuncomp.policies import Policy, pyramid_schedule
-
-
-class Shares(Policy):
-    def __init__(self, shares):
-        self.shares = shares
-
-    def weights(self, infos):
-        return [np.full(i.n_head_kv, s) for i, s in zip(infos, self.shares)]
+from pyuncomp.policies import pyramid_schedule
 
 
 def bands(*runs):
@@ -40,7 +32,7 @@ first, state = ev._argmax(), llm.save_state()
 for name, shares in SPLITS.items():
     llm.load_state(state)
     llm.set_compression(method="snapkv", ratio=0.1, lookahead=16)
-    llm.policy = Shares(shares)
+    llm.policy = LayerShares(shares)
     llm.compress()
     kept = np.asarray(llm.compression_stats()["tokens_kept"]).mean(axis=1)
     out = llm.detokenize(ev._greedy(first, 12)).decode(errors="replace")
