@@ -1,0 +1,81 @@
+"""What the pruned prefill costs, pooled over `pyuncomp eval` runs of several seeds (one results.json each).
+
+Per setting: each task's score over every prompt of every run, each run's average (mean over its tasks, as
+summary.md's), the pooled average (mean over runs), and for a pruned setting its difference from the same
+setting unpruned with the spread of that difference over runs and the prompts it changes either way.
+
+    python pool.py LABEL=seed2/results.json ... [--tasks passkey,qa,...] [--group cpu=0,1 gpu=2,3,...]
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def load(paths, tasks=None):
+    runs = {}
+    for arg in paths:
+        label, _, path = arg.rpartition("=")
+        runs[label or path] = [r for r in json.load(open(path))["records"] if tasks is None or r["task"] in tasks]
+    return runs
+
+
+def prompt_key(r):
+    return (r["task"], r["length"], r["depth"], r["index"])
+
+
+def run_average(records, setting):
+    per_task = defaultdict(list)
+    for r in records:
+        if r["setting"] == setting:
+            per_task[r["task"]].append(r["score"])
+    return 100 * statistics.mean(statistics.mean(v) for v in per_task.values())
+
+
+def table(runs):
+    settings = list(dict.fromkeys(r["setting"] for rs in runs.values() for r in rs))
+    tasks = list(dict.fromkeys(r["task"] for rs in runs.values() for r in rs))
+    print("| setting | " + " | ".join(tasks) + " | " + " | ".join(runs) + " | pooled | pruned − unpruned |")
+    print("|---|" + "---|" * (len(tasks) + len(runs) + 2))
+    for s in settings:
+        cells = [100 * statistics.mean(r["score"] for rs in runs.values() for r in rs
+                                       if r["setting"] == s and r["task"] == t) for t in tasks]
+        avgs = [run_average(rs, s) for rs in runs.values()]
+        base = s.rsplit(" prune", 1)[0]
+        diff = ""
+        if base != s:
+            per_run = [a - run_average(rs, base) for a, rs in zip(avgs, runs.values())]
+            up = down = 0
+            for rs in runs.values():
+                unpruned = {prompt_key(r): r["score"] for r in rs if r["setting"] == base}
+                for r in rs:
+                    if r["setting"] == s:
+                        d = r["score"] - unpruned[prompt_key(r)]
+                        up += d > 0
+                        down += d < 0
+            sd = statistics.stdev(per_run) / len(per_run) ** 0.5 if len(per_run) > 1 else float("nan")
+            diff = f"{statistics.mean(per_run):+.2f} (± {sd:.2f}; prompts +{up} / −{down})"
+        print(f"| {s} | " + " | ".join(f"{c:.0f}" for c in cells) + " | "
+              + " | ".join(f"{a:.1f}" for a in avgs) + f" | {statistics.mean(avgs):.2f} | {diff} |")
+
+
+def main(argv):
+    groups = []
+    if "--group" in argv:
+        i = argv.index("--group")
+        groups = [g.split("=") for g in argv[i + 1:]]
+        argv = argv[:i]
+    tasks = None
+    if "--tasks" in argv:
+        i = argv.index("--tasks")
+        tasks = argv[i + 1].split(",")
+        argv = argv[:i] + argv[i + 2:]
+    runs = load(argv, tasks)
+    table(runs)
+    for name, labels in groups:
+        print(f"\n{name}:")
+        table({k: v for k, v in runs.items() if k in labels.split(",")})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
