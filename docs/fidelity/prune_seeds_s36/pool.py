@@ -1,15 +1,16 @@
 """What the pruned prefill costs, pooled over `pyuncomp eval` runs of several seeds (one results.json each).
 
-Per setting: each task's score over every prompt of every run, each run's average (mean over its tasks, as
-summary.md's), the pooled average (mean over runs), and for a pruned setting its difference from the same
+Per setting: each task's score over every prompt of every run, each run's average (the harness's own
+`summarize`, as in summary.md), the pooled average (mean over runs), and for a pruned setting its difference from the same
 setting unpruned with the spread of that difference over runs and the prompts it changes either way.
 
-    python pool.py LABEL=seed2/results.json ... [--tasks passkey,qa,...] [--group cpu=0,1 gpu=2,3,...]
+    python pool.py LABEL=seed2/results.json ... [--tasks passkey,qa,...]
 """
 import json
 import statistics
 import sys
-from collections import defaultdict
+
+from pyuncomp.eval.runner import summarize
 
 
 def load(paths, tasks=None):
@@ -24,12 +25,12 @@ def prompt_key(r):
     return (r["task"], r["length"], r["depth"], r["index"])
 
 
-def run_average(records, setting):
-    per_task = defaultdict(list)
-    for r in records:
-        if r["setting"] == setting:
-            per_task[r["task"]].append(r["score"])
-    return 100 * statistics.mean(statistics.mean(v) for v in per_task.values())
+def run_averages(records):
+    """Each setting's average of one run, in percent: summarize's over its tasks, or its one task's score."""
+    rows = summarize(records)
+    tasks = {r["task"] for r in rows} - {"average"}
+    row_task = "average" if len(tasks) > 1 else tasks.pop()
+    return {r["setting"]: 100 * r["score"] for r in rows if r["task"] == row_task}
 
 
 def table(runs):
@@ -37,14 +38,15 @@ def table(runs):
     tasks = list(dict.fromkeys(r["task"] for rs in runs.values() for r in rs))
     print("| setting | " + " | ".join(tasks) + " | " + " | ".join(runs) + " | pooled | pruned − unpruned |")
     print("|---|" + "---|" * (len(tasks) + len(runs) + 2))
+    averages = [run_averages(rs) for rs in runs.values()]
     for s in settings:
         cells = [100 * statistics.mean(r["score"] for rs in runs.values() for r in rs
                                        if r["setting"] == s and r["task"] == t) for t in tasks]
-        avgs = [run_average(rs, s) for rs in runs.values()]
+        avgs = [a[s] for a in averages]
         base = s.rsplit(" prune", 1)[0]
         diff = ""
         if base != s:
-            per_run = [a - run_average(rs, base) for a, rs in zip(avgs, runs.values())]
+            per_run = [a[s] - a[base] for a in averages]
             up = down = 0
             for rs in runs.values():
                 unpruned = {prompt_key(r): r["score"] for r in rs if r["setting"] == base}
@@ -60,21 +62,12 @@ def table(runs):
 
 
 def main(argv):
-    groups = []
-    if "--group" in argv:
-        i = argv.index("--group")
-        groups = [g.split("=") for g in argv[i + 1:]]
-        argv = argv[:i]
     tasks = None
     if "--tasks" in argv:
         i = argv.index("--tasks")
         tasks = argv[i + 1].split(",")
         argv = argv[:i] + argv[i + 2:]
-    runs = load(argv, tasks)
-    table(runs)
-    for name, labels in groups:
-        print(f"\n{name}:")
-        table({k: v for k, v in runs.items() if k in labels.split(",")})
+    table(load(argv, tasks))
 
 
 if __name__ == "__main__":

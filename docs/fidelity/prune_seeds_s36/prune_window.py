@@ -3,21 +3,16 @@ second turn evaluates the whole chat again, pruned after layer 7 by the attentio
 With the default window of 8 those are the turn's closing template tokens; 32 also covers the question
 ("What is my lucky number? ..."). Ratio 1 (nothing evicted afterwards): the pruned prefill alone. Chat
 prompts at depths 0 and 0.25 of seeds 0 and 1, 2k, 2 threads."""
-import pyuncomp
-from pyuncomp.eval.runner import Evaluator, Setting
-from pyuncomp.eval.tasks import make_samples
-
-MODEL = pyuncomp.resolve_model(None)
+from chat_depth0 import early_chat_samples, recalled_chat_evaluator  # noqa: I001  (first: it loads pyuncomp's libllama)
+from pyuncomp.eval.runner import Setting
 
 for window in (8, 32):
-    ev = Evaluator(MODEL, n_ctx=2560, n_threads=2, window=window)
-    ev.llm.new_turns = "recall"
+    ev = recalled_chat_evaluator(window=window)
     right = 0
-    for seed in range(2):
-        for sample in make_samples("chat", 2048, [0.0, 0.25], 2, seed, ev.count_tokens):
-            rec = ev.run(sample, [Setting("uncomp", 1.0, 0.5)])[0]
-            right += rec["score"] == 1
-            print(f"window {window} seed {seed} depth {sample.depth} #{sample.index} {sample.answers[0]}: "
-                  f"{rec['score']:.0f} {rec['output'][:50]!r}", flush=True)
+    for seed, sample in early_chat_samples(ev):
+        rec = ev.run(sample, [Setting("uncomp", 1.0, 0.5)])[0]
+        right += rec["score"] == 1
+        print(f"window {window} seed {seed} depth {sample.depth} #{sample.index} {sample.answers[0]}: "
+              f"{rec['score']:.0f} {rec['output'][:50]!r}", flush=True)
     print(f"window {window}: {right} of 8 right")
     ev.close()
