@@ -160,6 +160,7 @@ def cmd_eval(args) -> int:
                       depths=args.depths, samples=args.samples, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet, new_turns=args.new_turns, prefill_keeps=args.prefill_keeps,
                       prefill_layer=args.prefill_layer, prefill_min_tokens=args.prefill_min_tokens,
+                      prefill_window=args.prefill_window,
                       lookahead=args.lookahead, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
     from .eval.report import markdown_table
 
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefill-min-tokens", type=int, default=None,
                     help="with --prefill-keeps: the fewest tokens the later layers run on; shorter prompts are not pruned "
                          "(default 1536, as UNComp's reference; 0: none)")
+    ev.add_argument("--prefill-window", type=int, default=None,
+                    help="with --prefill-keeps: the last prompt queries that rank the tokens at the pruning layer "
+                         "(default: pyuncomp.Llama's)")
     ev.add_argument("--lookahead", type=int, default=None,
                     help="greedy tokens decoded after each prompt whose queries score it beside the window's, then "
                          "dropped (default: pyuncomp.Llama's; 0: off)")

@@ -14,6 +14,9 @@ METHODS = tuple(ffi.string(lib.llama_uncomp_method_name(m)).decode() for m in ra
 NEW_TURNS = ("append", "reevaluate", "recall")
 # the pruned prefill's floor: the UNComp reference's smallest kept length (its last stage keeps 1536 tokens)
 PREFILL_MIN_TOKENS = 1536
+# the pruned prefill's ranking window: wider than the compression's so that a chat turn's question, not
+# only its closing template tokens, ranks the tokens the later layers see (docs/prefill-pruning.md)
+PREFILL_WINDOW = 8
 # the most lookahead tokens: each is a decode step over the full cache before the compression
 MAX_LOOKAHEAD = 64
 
@@ -33,7 +36,9 @@ class CompressionConfig:
     after ``prefill_layer`` run only on the tokens that layer's window attention ranks highest, about
     ``prefill_keep`` of them, at their own positions, and cache only those (llama, qwen2 and qwen3 architectures).
     prefill_layer: the last layer that sees every token; None: a quarter of the way, n_layer // 4.
-    prefill_keep: fraction of the prompt's tokens the later layers run on, in (0, 1] (the window always).
+    prefill_keep: fraction of the prompt's tokens the later layers run on, in (0, 1] (the pruning window always).
+    prefill_window: the last prompt queries whose attention at ``prefill_layer`` ranks the tokens (the
+    compression's ``window`` when larger), in [1, 4096]; a prompt no longer than it is not pruned.
     prefill_min_tokens: the later layers run on at least this many tokens (a shorter prompt is not
     pruned), as the UNComp reference never prunes below 1536: pruning a short prompt saves little time
     and costs the most accuracy (docs/prefill-pruning.md, "A floor on the kept tokens").
@@ -55,6 +60,7 @@ class CompressionConfig:
     prefill_prune: bool = False
     prefill_layer: Optional[int] = None
     prefill_keep: float = 0.5
+    prefill_window: int = PREFILL_WINDOW
     prefill_min_tokens: int = PREFILL_MIN_TOKENS
     lookahead: int = 16
 
@@ -78,6 +84,9 @@ class CompressionConfig:
         if (isinstance(self.prefill_keep, bool) or not isinstance(self.prefill_keep, numbers.Real)
                 or not 0.0 < self.prefill_keep <= 1.0):
             raise ValueError(f"prefill_keep: must be a fraction in (0, 1], got {self.prefill_keep!r}")
+        if (isinstance(self.prefill_window, bool) or not isinstance(self.prefill_window, numbers.Integral)
+                or not 1 <= self.prefill_window <= 4096):
+            raise ValueError(f"prefill_window: must be an integer in [1, 4096], got {self.prefill_window!r}")
         if (isinstance(self.prefill_min_tokens, bool) or not isinstance(self.prefill_min_tokens, numbers.Integral)
                 or self.prefill_min_tokens < 0):
             raise ValueError(f"prefill_min_tokens: must be an integer >= 0, got {self.prefill_min_tokens!r}")
@@ -89,6 +98,11 @@ class CompressionConfig:
         message = lib.llama_uncomp_params_check(self._native_ptr())
         if message != ffi.NULL:
             raise ValueError(f"{ffi.string(message).decode()}, got {self._field_of(message)!r}")
+
+    @property
+    def pruning_window(self) -> int:
+        """the last prompt tokens whose queries rank the prompt in a pruned prefill"""
+        return max(self.window, self.prefill_window)
 
     def prefill_keep_for(self, n_tokens: int) -> Optional[float]:
         """The fraction of an n_tokens prompt a pruned prefill keeps: prefill_keep, raised to keep

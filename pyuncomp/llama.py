@@ -88,7 +88,7 @@ class Llama(llama_cpp.Llama):
     ratio: fraction of prompt tokens kept, averaged over layers and KV heads, in (0, 1]. Default 1.0.
     method: ``full``, ``streamingllm``, ``snapkv``, ``pyramidkv`` or ``uncomp`` (default).
     budget, window, pool_kernel, n_sink, n_head_groups, lookahead: see ``CompressionConfig``.
-    prefill_prune, prefill_layer, prefill_keep, prefill_min_tokens: hidden-state pruning while a prompt is evaluated from
+    prefill_prune, prefill_layer, prefill_keep, prefill_window, prefill_min_tokens: hidden-state pruning while a prompt is evaluated from
     an empty cache (``CompressionConfig``): a faster prefill; needs a compressing method, a llama,
     qwen2 or qwen3 architecture and ``logits_all=False`` (the pruned layers give no per-token logits).
     shrink_cache: after a compression, rebuild the llama context with only the cells the kept tokens
@@ -141,6 +141,7 @@ class Llama(llama_cpp.Llama):
         prefill_prune: bool = CompressionConfig.prefill_prune,
         prefill_layer: Optional[int] = CompressionConfig.prefill_layer,
         prefill_keep: float = CompressionConfig.prefill_keep,
+        prefill_window: int = CompressionConfig.prefill_window,
         prefill_min_tokens: int = CompressionConfig.prefill_min_tokens,
         lookahead: int = CompressionConfig.lookahead,
         shrink_cache: bool = True,
@@ -169,7 +170,7 @@ class Llama(llama_cpp.Llama):
             ratio=ratio, method=method, budget=budget, window=window,
             pool_kernel=pool_kernel, n_sink=n_sink, n_head_groups=n_head_groups,
             prefill_prune=prefill_prune, prefill_layer=prefill_layer, prefill_keep=prefill_keep,
-            prefill_min_tokens=prefill_min_tokens, lookahead=lookahead)
+            prefill_window=prefill_window, prefill_min_tokens=prefill_min_tokens, lookahead=lookahead)
         if prefill_prune and not self.compression.compresses:
             raise ValueError("prefill_prune: needs a compressing method and ratio (the pruned prefill is "
                              "part of the compression engine)")
@@ -324,23 +325,26 @@ class Llama(llama_cpp.Llama):
         self.n_evaluated += len(tokens)
         if len(tokens) <= 1:
             return super().eval(tokens)
-        # only the chunks holding the last `window` tokens are observed: observing makes the scheduler
-        # hand each layer's queries over, a sync per layer and ubatch. The parent evaluates in chunks
-        # of n_batch from the first token, so the split keeps its chunks (and so its arithmetic).
+        # only the chunks holding the last `window` tokens (a pruned prefill's: its pruning window) are
+        # observed: observing makes the scheduler hand each layer's queries over, a sync per layer and
+        # ubatch. The parent evaluates in chunks of n_batch from the first token, so the split keeps its
+        # chunks (and so its arithmetic).
         tokens = list(tokens)
         ctx = self._ctx_ptr()
-        # a pruned prefill starts from an empty cache and needs more tokens than the window and the floor
+        # a pruned prefill starts from an empty cache and needs more tokens than its window and the floor
         keep = self.compression.prefill_keep_for(len(tokens))
-        prune = (self._prefill_layer is not None and self.n_tokens == 0 and len(tokens) > self.compression.window
-                 and keep is not None)
+        window = self.compression.pruning_window
+        prune = self._prefill_layer is not None and self.n_tokens == 0 and len(tokens) > window and keep is not None
+        if not prune:
+            window = self.compression.window
         if self.n_tokens == 0:
             self.prefill_kept = None
         if prune:
             self._ctx.kv_cache_seq_rm(-1, 0, -1)
             lib.llama_uncomp_forget(ctx, 0)
-            _check(lib.llama_uncomp_prefill_begin(ctx, self._prefill_layer, len(tokens)))
+            _check(lib.llama_uncomp_prefill_begin(ctx, self._prefill_layer, len(tokens), window))
         try:
-            split = max(0, len(tokens) - self.compression.window) // self.n_batch * self.n_batch
+            split = max(0, len(tokens) - window) // self.n_batch * self.n_batch
             for start in range(0, split, self.n_batch):  # the parent's own chunks, one at a time for progress
                 super().eval(tokens[start:start + self.n_batch])
                 if self.on_prompt_progress:

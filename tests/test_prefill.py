@@ -31,12 +31,12 @@ def plain(smollm2_path):
     llm.close()
 
 
-def assert_holds_kept_tokens_at_their_positions(pruned, plain, layer, n):
+def assert_holds_kept_tokens_at_their_positions(pruned, plain, layer, n, window=WINDOW):
     """Layer `layer` (the first after prefill_layer) of the pruned evaluation holds prefill_kept tokens,
     about keep x n with the dropped count a multiple of 256; layer - 1 saw every token as the plain
     evaluation did; the next layer's keys come from the same residual rows at the same positions
     (RoPE): each of its rows is the plain evaluation's key of one token, in increasing positions, the
-    window's last, and not simply the last tokens."""
+    pruning window's last, and not simply the last tokens."""
     kept = pruned.prefill_kept
     assert kept < n and (n - kept) % 256 == 0
     np.testing.assert_array_equal(pruned.cached_keys(layer - 1), plain.cached_keys(layer - 1))
@@ -45,8 +45,9 @@ def assert_holds_kept_tokens_at_their_positions(pruned, plain, layer, n):
     full = plain.cached_keys(layer)
     source = [int(np.argmin(np.abs(full - row).max(axis=1))) for row in rows[n - kept:]]
     assert max(float(np.abs(full[s] - row).max()) for s, row in zip(source, rows[n - kept:])) < 1e-2
-    assert source == sorted(set(source)) and source[-WINDOW:] == list(range(n - WINDOW, n))
+    assert source == sorted(set(source)) and source[-window:] == list(range(n - window, n))
     assert source != list(range(n - kept, n))
+    return source
 
 
 def test_pruning_that_keeps_every_token_gives_the_unpruned_logits_and_cache(smollm2_path, plain):
@@ -108,11 +109,31 @@ def test_qwen2_and_qwen3_builders_prune_too(tmp_path, arch):
         llm.close()
 
 
-def test_a_prompt_no_longer_than_the_window_is_evaluated_unpruned(smollm2_path):
-    pruned = make(smollm2_path, method="uncomp", ratio=0.5, prefill_prune=True)
+def test_a_wider_pruning_window_ranks_by_its_queries_and_leaves_the_compression_its_own(smollm2_path, plain):
+    def pruned_by(prefill_window):
+        llm = make(smollm2_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.4,
+                   prefill_window=prefill_window)
+        llm.eval(prompt_tokens(llm))
+        return llm, assert_holds_kept_tokens_at_their_positions(llm, plain, LAYER + 1, plain.n_tokens,
+                                                                window=max(WINDOW, prefill_window))
+
+    narrow, narrow_kept = pruned_by(4)  # never narrower than the compression's window
+    default, default_kept = pruned_by(WINDOW)
+    wide, wide_kept = pruned_by(48)
+    assert narrow_kept == default_kept and wide_kept != default_kept
+    # the pruning layer observed 48 queries to rank by; its compression is scored by the window's 8, as
+    # the unpruned evaluation's
+    for llm in (narrow, default, wide):
+        np.testing.assert_array_equal(llm.window_queries(LAYER), plain.window_queries(LAYER))
+        llm.close()
+
+
+@pytest.mark.parametrize("prefill_window", [WINDOW, 32])
+def test_a_prompt_no_longer_than_the_pruning_window_is_evaluated_unpruned(smollm2_path, prefill_window):
+    pruned = make(smollm2_path, method="uncomp", ratio=0.5, prefill_prune=True, prefill_window=prefill_window)
     plain = make(smollm2_path, method="uncomp", ratio=0.5)
     for llm in (pruned, plain):
-        llm.eval(llm.tokenize(b"The sky is")[:WINDOW])
+        llm.eval(prompt_tokens(llm)[:prefill_window])
     assert pruned.prefill_kept is None
     np.testing.assert_array_equal(pruned._last_logits(), plain._last_logits())
     out = pruned("The grass", max_tokens=4, temperature=0.0)["choices"][0]["text"]
@@ -173,6 +194,9 @@ def test_a_saved_pruned_prompt_continues_identically(request, model):
     (dict(prefill_prune="yes"), "prefill_prune: must be True or False"),
     (dict(prefill_prune=True, prefill_keep=0.0), r"prefill_keep: must be a fraction in \(0, 1\]"),
     (dict(prefill_prune=True, prefill_keep=1.5), r"prefill_keep: must be a fraction in \(0, 1\]"),
+    (dict(prefill_prune=True, prefill_window=0), r"prefill_window: must be an integer in \[1, 4096\]"),
+    (dict(prefill_prune=True, prefill_window=4097), r"prefill_window: must be an integer in \[1, 4096\]"),
+    (dict(prefill_prune=True, prefill_window=16.0), r"prefill_window: must be an integer in \[1, 4096\]"),
     (dict(prefill_prune=True, prefill_min_tokens=-1), "prefill_min_tokens: must be an integer >= 0"),
     (dict(prefill_prune=True, prefill_min_tokens=1.5), "prefill_min_tokens: must be an integer >= 0"),
     (dict(prefill_prune=True, prefill_layer=-1), "prefill_layer: must be a layer index >= 0"),

@@ -198,19 +198,22 @@ LLAMA_API int32_t llama_uncomp_fit_next_cache(const int32_t * first_row, int32_t
 //
 // Hidden-state pruning during prefill (UNComp's first stage), for sequence 0 of an attached context
 // whose memory is a plain KV cache (llama, qwen2 and qwen3 architectures): begin, evaluate the whole
-// prompt of n_tokens tokens from an empty sequence as usual (observing its window), then finish.
+// prompt of n_tokens tokens from an empty sequence as usual (observing its last max(window, params'
+// window) tokens: the pruning window), then finish.
 // Between them evaluations run layers 0..layer only (their logits are not the model's) and write layer
-// `layer`'s output rows into a buffer of n_tokens rows on that layer's device (f32, freed at the end). finish ranks the prompt's tokens by that layer's window attention (summed
-// over KV heads, pooled as SnapKV does), keeps about keep x n of them (the window and sinks always;
-// rounded up so that the dropped count is a multiple of 256) and evaluates layers layer+1.. on them
-// only, in batches of n_batch, at their own positions: those layers then hold only the kept tokens,
+// `layer`'s output rows into a buffer of n_tokens rows on that layer's device (f32, freed at the end).
+// finish ranks the prompt's tokens by that layer's attention from the pruning window's queries (summed
+// over KV heads, pooled as SnapKV does), keeps about keep x n of them (the pruning window and sinks
+// always; rounded up so that the dropped count is a multiple of 256) and evaluates layers layer+1.. on
+// them only, in batches of n_batch, at their own positions: those layers then hold only the kept tokens,
 // as if compressed to them, and the context's logits are the prompt's last token's. keep = 1 runs both
 // phases on every token.
 // begin: 0, LLAMA_UNCOMP_ERR_MEMORY (not a plain KV cache or not one of those architectures),
-// LLAMA_UNCOMP_ERR_PARAMS (layer not in [0, n_layer - 2], n_tokens < 1, or a prefill already begun),
-// LLAMA_UNCOMP_ERR_SHARED (sequence 0 is not empty), LLAMA_UNCOMP_ERR_DEVICE (no memory for the rows). finish: the number of tokens the later layers
-// hold, or < 0, after which sequence 0 is empty again (as after abort).
-LLAMA_API int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, int32_t n_tokens);
+// LLAMA_UNCOMP_ERR_PARAMS (layer not in [0, n_layer - 2], n_tokens < 1, window not in [1, 4096], or a
+// prefill already begun), LLAMA_UNCOMP_ERR_SHARED (sequence 0 is not empty), LLAMA_UNCOMP_ERR_DEVICE
+// (no memory for the rows). finish: the number of tokens the later layers hold, or < 0, after which
+// sequence 0 is empty again (as after abort).
+LLAMA_API int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, int32_t n_tokens, int32_t window);
 LLAMA_API int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int32_t n_batch);
 // Ends a begun prefill without finishing it (an evaluation failed or was interrupted): sequence 0 is cleared.
 LLAMA_API void    llama_uncomp_prefill_abort(struct llama_context * ctx);

@@ -38,6 +38,9 @@ struct uncomp_state {
     bool observing = false;
     // per model layer: the last `window` post-RoPE query rows seen, each [head_dim * n_head] floats
     std::vector<std::deque<std::vector<float>>> window_q;
+    // a pruned prefill's ranking layer keeps its last rank_rows rows instead, when more (uncomp_rank_window)
+    int32_t rank_layer = -1;
+    int32_t rank_rows  = 0;
     uint64_t queries_generation = 0; // changes whenever window_q does
     // the device-side steps, per device holding cache layers (several with a partial GPU offload)
     std::map<ggml_backend_dev_t, std::unique_ptr<uncomp_device>> devices;
@@ -115,14 +118,15 @@ bool observe_queries(ggml_tensor * t, bool ask, void * user_data) {
     // t: [head_dim, n_head, n_tokens]
     const int64_t row      = t->ne[0] * t->ne[1];
     const int64_t n_tokens = t->ne[2];
-    const int64_t n_keep   = std::min<int64_t>(n_tokens, st->params.window);
+    const int64_t n_rows   = il == st->rank_layer ? std::max(st->params.window, st->rank_rows) : st->params.window;
+    const int64_t n_keep   = std::min<int64_t>(n_tokens, n_rows);
     auto & rows = st->window_q[il];
     ++st->queries_generation;
     for (int64_t i = n_tokens - n_keep; i < n_tokens; ++i) {
         std::vector<float> q(row);
         ggml_backend_tensor_get(t, q.data(), i * t->nb[2], row * sizeof(float));
         rows.push_back(std::move(q));
-        if ((int64_t) rows.size() > st->params.window) {
+        if ((int64_t) rows.size() > n_rows) {
             rows.pop_front();
         }
     }
@@ -1024,6 +1028,22 @@ int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from) {
     }
     st->observing = on;
     rebuild_graphs(ctx, *st);
+    return 0;
+}
+
+int32_t uncomp_rank_window(llama_context * ctx, int32_t il, int32_t n_rows) {
+    uncomp_state * st = state_of(ctx);
+    if (st == nullptr) {
+        return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
+    }
+    // the ranking layer's extra rows go: its compression is scored by the window, as every layer's
+    if (st->rank_layer >= 0) {
+        auto & rows = st->window_q[st->rank_layer];
+        while ((int64_t) rows.size() > st->params.window) rows.pop_front();
+        ++st->queries_generation;
+    }
+    st->rank_layer = n_rows > 0 ? il : -1;
+    st->rank_rows  = n_rows > 0 ? n_rows : 0;
     return 0;
 }
 

@@ -54,6 +54,9 @@ void uncomp_start_scores(const llama_context * ctx, llama_seq_id seq_id);
 // The engine's side of a pruned prefill (uncomp-prefill.cpp), for an attached context:
 // observe window queries (on: forgets those of layers >= il_clear_from) or stop; 0 or < 0
 int32_t uncomp_observe(llama_context * ctx, bool on, int32_t il_clear_from);
+// layer il observes its last max(window, n_rows) queries, which uncomp_rank_tokens ranks by;
+// n_rows = 0 ends that, leaving it the last `window` as every layer. 0 or < 0.
+int32_t uncomp_rank_window(llama_context * ctx, int32_t il, int32_t n_rows);
 // the attached context's parameters, nullptr when not attached
 const llama_uncomp_params * uncomp_params_of(const llama_context * ctx);
 // the context's prefill state, nullptr when not attached
@@ -63,8 +66,9 @@ uncomp_prefill * uncomp_prefill_of(const llama_context * ctx);
 uncomp_prefill * uncomp_prefill_of_sched(const ggml_backend_sched * sched);
 // the next graphs are built afresh (a phase changed), with the callback installed while it has work
 void uncomp_refresh_graphs(llama_context * ctx);
-// sequence 0's tokens (indices in position order) that n_keep keeps when ranked by layer il's window
-// attention summed over its KV heads, pooled as SnapKV does; the window and sinks always in. 0 or < 0.
+// sequence 0's tokens (indices in position order) that n_keep keeps when ranked by the attention of layer
+// il's observed queries (its window's, or uncomp_rank_window's) summed over its KV heads, pooled as SnapKV
+// does; the observed queries' tokens and the sinks always in. 0 or < 0.
 int32_t uncomp_rank_tokens(llama_context * ctx, int32_t il, int64_t n_keep, std::vector<uint32_t> & kept);
 
 // f(i) for i in [0, n) on every core (the per-head work of a compression: eigen-solves, selections)

@@ -143,6 +143,7 @@ bool holds_in_place(const llama_kv_cache * kv, int64_t from, int64_t to) {
 void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
     llama_synchronize(ctx); // the last graphs may still read the residual buffer, freed here
     pf = uncomp_prefill();
+    uncomp_rank_window(ctx, -1, 0);
     uncomp_observe(ctx, false, 0);
 }
 
@@ -195,7 +196,7 @@ bool uncomp_prefill_skip_layer(const llm_graph_context & gctx, int il, ggml_tens
     return false;
 }
 
-int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, int32_t n_tokens) {
+int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, int32_t n_tokens, int32_t window) {
     uncomp_prefill * pf = uncomp_prefill_of(ctx);
     if (pf == nullptr) {
         return LLAMA_UNCOMP_ERR_NOT_ATTACHED;
@@ -208,7 +209,7 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
     }
     // the ranking reads the layer's keys of every token: a full-attention layer
     if (layer < 0 || layer >= (int32_t) model.hparams.n_layer() - 1 || model.hparams.is_swa(layer) || n_tokens < 1 ||
-        pf->phase != UNCOMP_PREFILL_OFF) {
+        window < 1 || window > 4096 || pf->phase != UNCOMP_PREFILL_OFF) {
         return LLAMA_UNCOMP_ERR_PARAMS;
     }
     if (llama_memory_seq_pos_max(llama_get_memory(ctx), 0) >= 0) {
@@ -231,12 +232,14 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
     *pf = uncomp_prefill();
     pf->phase    = UNCOMP_PREFILL_HEAD;
     pf->layer    = layer;
+    pf->window   = std::max(window, uncomp_params_of(ctx)->window);
     pf->swa      = kv.swa;
     pf->residual = std::shared_ptr<ggml_tensor>(rows, [rows_ctx, rows_buf](ggml_tensor *) {
         ggml_backend_buffer_free(rows_buf);
         ggml_free(rows_ctx);
     });
     pf->t_begin  = std::chrono::steady_clock::now();
+    uncomp_rank_window(ctx, layer, pf->window);
     uncomp_refresh_graphs(ctx);
     return 0;
 }
@@ -278,7 +281,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
     }
     // |S| tokens run the tail; the first of them at a cell on a 256-row tile, where all heads start,
     // so that the tail's attention needs no per-head mask (uncomp_build_attn_heads)
-    int64_t n_kept = std::min<int64_t>(n, std::max<int64_t>((int64_t) std::ceil((double) keep * n), p.window + p.n_sink));
+    int64_t n_kept = std::min<int64_t>(n, std::max<int64_t>((int64_t) std::ceil((double) keep * n), pf->window + p.n_sink));
     n_kept = n - (n - n_kept) / 256 * 256;
     std::vector<uint32_t> kept;
     if (n_kept < n) {
@@ -291,6 +294,7 @@ int32_t llama_uncomp_prefill_finish(struct llama_context * ctx, float keep, int3
         std::iota(kept.begin(), kept.end(), 0u);
     }
     GGML_ASSERT((int64_t) kept.size() == n_kept);
+    uncomp_rank_window(ctx, -1, 0); // the layer's compression is scored by the window
     timer.step("rank");
     if (timer.on) { // which tokens were kept, to compare two backends' rankings of one prompt
         uint64_t hash = 1469598103934665603ull;

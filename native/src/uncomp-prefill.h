@@ -29,6 +29,7 @@ enum uncomp_prefill_phase {
 struct uncomp_prefill {
     uncomp_prefill_phase phase = UNCOMP_PREFILL_OFF;
     int32_t              layer = -1;
+    int32_t              window = 0;   // the last queries that rank the prompt at `layer` (at least the params' window)
     // layer's output rows by position, [n_embd, n_prompt] f32 on the layer's device (frees its buffer)
     std::shared_ptr<ggml_tensor> residual;
     int64_t              n_written = 0;     // head: rows the graphs were given to write

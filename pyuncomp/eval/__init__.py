@@ -38,13 +38,14 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
              lengths: Iterable[int], depths: Iterable[float] = (0.0, 0.25, 0.5, 0.75, 1.0), samples: int = 1,
              seed: int = 0, out_dir: Optional[str] = None, progress: bool = False, new_turns: str = "append",
              prefill_keeps: Iterable[float] = (), prefill_layer: Optional[int] = None,
-             prefill_min_tokens: Optional[int] = None, lookahead: Optional[int] = None, **llama_kwargs) -> dict:
+             prefill_min_tokens: Optional[int] = None, prefill_window: Optional[int] = None, lookahead: Optional[int] = None, **llama_kwargs) -> dict:
     """Runs every task at every length (and depth, for needle tasks) under every setting (``full``
     once, every other method at every ratio). Returns {"run", "records", "summary"}; with out_dir, also
     writes results.json, summary.md and PNG plots there. new_turns: how the chat task's second turn
     meets the compressed first one (``pyuncomp.Llama``'s parameter). prefill_keeps: every compressing
     setting again with a pruned prefill keeping each fraction after prefill_layer (``prefill_prune``;
-    llama, qwen2, qwen3 models), never below prefill_min_tokens (None: ``CompressionConfig``'s default).
+    llama, qwen2, qwen3 models), never below prefill_min_tokens and ranked by the last prefill_window
+    queries (None: ``CompressionConfig``'s defaults).
     lookahead: greedy tokens whose queries score beside the window's (``pyuncomp.Llama``'s parameter;
     None: its default). Bad arguments raise ValueError."""
     tasks, lengths, depths = list(tasks), list(lengths), list(depths)
@@ -55,6 +56,10 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
         prefill_min_tokens = CompressionConfig.prefill_min_tokens
     CompressionConfig(prefill_min_tokens=prefill_min_tokens)  # validates it
     llama_kwargs["prefill_min_tokens"] = prefill_min_tokens
+    if prefill_window is None:
+        prefill_window = CompressionConfig.prefill_window
+    CompressionConfig(prefill_window=prefill_window)  # validates it
+    llama_kwargs["prefill_window"] = prefill_window
     if lookahead is None:
         lookahead = CompressionConfig.lookahead
     CompressionConfig(lookahead=lookahead)  # validates it
@@ -87,7 +92,7 @@ def evaluate(model_path: str, tasks: Iterable[str], methods: Iterable[str], rati
     run = {"model": Path(model_path).name, "tasks": tasks, "settings": [s.name for s in settings],
            "lengths": lengths, "depths": depths, "samples": samples, "seed": seed, "n_ctx": n_ctx, "new_turns": new_turns,
            "prefill_keeps": prefill_keeps, "prefill_layer": prefill_layer,
-           "prefill_min_tokens": prefill_min_tokens, "lookahead": lookahead,
+           "prefill_min_tokens": prefill_min_tokens, "prefill_window": prefill_window, "lookahead": lookahead,
            "seconds": round(time.perf_counter() - t0, 1)}
     if out_dir is not None:
         out = Path(out_dir)
