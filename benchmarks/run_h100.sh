@@ -17,8 +17,8 @@
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
 #   - SWEEP="sweep.py args": the policy sweep on SmolLM2 on the GPU (SWEEP_SEEDS, SWEEP_LIMIT_S);
-#   - EVAL="pyuncomp eval args": the harness on SmolLM2 on the GPU, once per seed of EVAL_SEEDS (default 0),
-#     all within EVAL_LIMIT_S (default 500) s, into $OUT/eval.tgz (one folder per seed);
+#   - EVAL="pyuncomp eval args[; args...]": the harness on SmolLM2 on the GPU, once per seed of EVAL_SEEDS
+#     (default 0) and argument set, all within EVAL_LIMIT_S (default 500) s, into $OUT/eval.tgz (one folder a run);
 #   - PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, step by step on the eval's prompts (tools/graph_replay_probe.py --scenario eval);
 #   - PLOT_PROBE=1: which import or subprocess crashes the device image's Python after pyuncomp (matplotlib);
 #   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
@@ -81,15 +81,20 @@ if [ -f /tmp/smollm2.gguf ] && [ -n "${SWEEP:-}" ]; then
         > "$OUT/sweep.log" 2>&1) || echo "the sweep ended with an error or its time limit"
     tail -n 5 "$OUT/sweep.log"
 fi
-# EVAL="args": `pyuncomp eval` on SmolLM2 on the GPU for each seed of EVAL_SEEDS, the seeds sharing EVAL_LIMIT_S;
-# what finished comes back in $OUT/eval.tgz (results.json, summary.md and plots of each seed)
+# EVAL="args[; args...]": `pyuncomp eval` on SmolLM2 on the GPU for each seed of EVAL_SEEDS and, within a seed,
+# each ';'-separated argument set (set i into folder seed<seed>_<i>), all sharing EVAL_LIMIT_S; what finished
+# comes back in $OUT/eval.tgz (results.json, summary.md and plots of each run)
 if [ -f /tmp/smollm2.gguf ] && [ -n "${EVAL:-}" ]; then
     end=$((SECONDS + ${EVAL_LIMIT_S:-500})); mkdir -p /tmp/eval_gpu
+    IFS=';' read -r -a eval_sets <<< "$EVAL"
     for seed in ${EVAL_SEEDS:-0}; do
-        rc=0; (cd /tmp && timeout $((end - SECONDS)) python3 -m pyuncomp eval $EVAL --model /tmp/smollm2.gguf --n-gpu-layers -1 \
-            --seed "$seed" --quiet --out "/tmp/eval_gpu/seed$seed" > "/tmp/eval_gpu_seed$seed.log" 2>&1) || rc=$?
-        echo "eval seed $seed: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_seed$seed.log"
-        [ $SECONDS -lt $end ] || break
+        for i in "${!eval_sets[@]}"; do
+            run="seed${seed}_$i"
+            rc=0; (cd /tmp && timeout $((end - SECONDS)) python3 -m pyuncomp eval ${eval_sets[$i]} --model /tmp/smollm2.gguf \
+                --n-gpu-layers -1 --seed "$seed" --quiet --out "/tmp/eval_gpu/$run" > "/tmp/eval_gpu_$run.log" 2>&1) || rc=$?
+            echo "eval $run: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_$run.log"
+            [ $SECONDS -lt $end ] || break 2
+        done
     done
     tar czf "$OUT/eval.tgz" -C /tmp eval_gpu
 fi
