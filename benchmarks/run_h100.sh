@@ -13,7 +13,7 @@
 #     batch gives the logits it gives one token at a time (tools/chunk_probe.py, also on SmolLM2);
 #   - SmolLM2 passkeys on the CPU and on CUDA, compared, once every part of its GGUF has arrived
 #     (parts are kept in /tmp/parts between calls of a warm machine: carry .src and part0 in one call,
-#     then, within the machine's 30 s of warmth, .src and part1 with PYUNCOMP_REUSE_BUILD=1, as session
+#     then, within the machine's 30 s of warmth, .src and the next part with PYUNCOMP_REUSE_BUILD=1, as session
 #     23 did); PASSKEY_ARGS are added to tools/passkey_answers.py's (e.g. "--prefill-keep 0.5"); PASSKEYS=0
 #     skips them (a call that only wants SmolLM2 assembled, e.g. for docs/fidelity/layer_split_s24/sweep.py);
 #   - SWEEP="sweep.py args": the policy sweep on SmolLM2 on the GPU (SWEEP_SEEDS, SWEEP_LIMIT_S);

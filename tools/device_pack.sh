@@ -19,9 +19,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .src/wheels cffi==2.1.1 pycparser==3.12 diskcache==5.6.3
 du -sh .src
-# SmolLM2's GGUF (98 MB) travels in two halves (~47 MiB: one beside .src and the tree stays under the 64 MiB carry limit), one per call, with its checksum
+# SmolLM2's GGUF (98 MB) travels in three parts (~31 MiB: one beside .src and the tracked tree, ~14 MiB, stays under the
+# 64 MiB carry limit, which two halves no longer did in session 37), one per call, with its checksum
 model=$(cd /tmp && "$OLDPWD/.venv/bin/python" -c 'import pyuncomp; print(pyuncomp.resolve_model(None))')  # the installed package
 rm -rf .carry && mkdir -p .carry
-split -n 2 -d -a 1 "$model" .carry/smollm2.part
+split -n 3 -d -a 1 "$model" .carry/smollm2.part
 sha256sum < "$model" | cut -d' ' -f1 > .carry/smollm2.sha256
 ls -la .carry
