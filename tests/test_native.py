@@ -94,9 +94,10 @@ llm.load_state(state)
 # the same layout set again: its per-head bias is made anew, and a graph kept from before must not read the freed one
 turn_again = llm(passkey_prompt(60, 0.5, "31415") + first + " Say it again: the pass key is", max_tokens=6, temperature=0.0)
 llm.close()
-# a pruned prefill, interrupted once (its abort path), then whole
+# a pruned prefill ranked by a pruning window wider than the compression's, interrupted once (its abort
+# path), then whole
 pruned = pyuncomp.Llama({model!r}, n_ctx=2048, n_batch=256, method="uncomp", ratio=0.05, prefill_prune=True,
-                        prefill_min_tokens=0, seed=0, verbose=False)
+                        prefill_min_tokens=0, prefill_window=32, seed=0, verbose=False)
 def stop(done, total):
     raise KeyboardInterrupt
 pruned.on_prompt_progress = stop
