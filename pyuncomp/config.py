@@ -15,8 +15,9 @@ NEW_TURNS = ("append", "reevaluate", "recall")
 # the pruned prefill's floor: the UNComp reference's smallest kept length (its last stage keeps 1536 tokens)
 PREFILL_MIN_TOKENS = 1536
 # the pruned prefill's ranking window: wider than the compression's so that a chat turn's question, not
-# only its closing template tokens, ranks the tokens the later layers see (docs/prefill-pruning.md)
-PREFILL_WINDOW = 8
+# only its closing template tokens, ranks the tokens the later layers see (docs/fidelity.md, "A pruning
+# window of its own")
+PREFILL_WINDOW = 32
 # the most lookahead tokens: each is a decode step over the full cache before the compression
 MAX_LOOKAHEAD = 64
 
