@@ -274,3 +274,32 @@ def test_a_state_loaded_after_a_pruned_gemma3_prompt_keeps_no_layout_of_it(gemma
     np.testing.assert_array_equal(pruned._last_logits(), fresh._last_logits())
     for llm in (plain, pruned, fresh):
         llm.close()
+
+
+def test_a_loaded_pruned_gemma3_prompt_decodes_into_cells_its_sliding_layers_read(gemma3_path):
+    # llama.cpp gives a sliding-window cache's new token an old cell the window masks, searching from the
+    # cache's first cell after a state load; the sliding layers after a pruned prefill read only the
+    # cells from their kept tokens on, so they missed every decoded token (session 38: the harness's 2k
+    # multi-key answers came out as 1333377 -> 1333333). patch 0008 keeps those cells while layouts exist.
+    from pyuncomp.eval.tasks import make_samples
+
+    llm = pyuncomp.Llama(gemma3_path, n_ctx=2560, seed=0, verbose=False, method="uncomp", ratio=0.1,
+                         auto_compress=False, prefill_prune=True, prefill_keep=0.5)
+    sample = make_samples("niah_multikey", 2048, [1.0], 1, 0, lambda t: len(llm.tokenize(t.encode(), add_bos=False)))[0]
+    tokens = llm.tokenize(sample.prompt.encode())
+
+    def greedy(first, n=10):
+        out = [first]
+        while len(out) < n:
+            llm.eval([out[-1]])
+            out.append(int(np.argmax(llm._last_logits())))
+        return llm.detokenize(out).decode()
+
+    llm.eval(tokens)
+    assert llm.prefill_kept < len(tokens) and len(tokens) > 2 * 512  # pruned, and well past the sliding window
+    first = int(np.argmax(llm._last_logits()))
+    state = llm.save_state()
+    direct = greedy(first)
+    llm.load_state(state)
+    assert greedy(first) == direct and sample.answers[0] in direct
+    llm.close()

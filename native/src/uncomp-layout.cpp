@@ -398,6 +398,12 @@ std::vector<uint32_t> uncomp_layout_get(const llama_kv_cache * cache, int32_t il
     return head_starts_of(cache->get_k_storage(il), stream, 1)[0];
 }
 
+bool uncomp_swa_cell_reusable(const llama_kv_cache * cache, uint32_t stream) {
+    const std::vector<uint32_t> layer_ids = cache->get_layer_ids();
+    return std::none_of(layer_ids.begin(), layer_ids.end(),
+                        [&](uint32_t il) { return !uncomp_layout_get(cache, (int32_t) il, stream).empty(); });
+}
+
 void uncomp_layout_clear(const llama_kv_cache * cache, int32_t stream) {
     for (uint32_t il : cache->get_layer_ids()) {
         if (stream >= 0) {

@@ -47,6 +47,12 @@ void uncomp_layout_set(const llama_kv_cache * cache, int32_t il, uint32_t stream
 // The first cell valid for each KV head of layer il in a stream; empty when it has no layout (all at 0).
 std::vector<uint32_t> uncomp_layout_get(const llama_kv_cache * cache, int32_t il, uint32_t stream);
 
+// uncomp hook, called by llama_kv_cache::find_slot (patch 0008): whether a new token may take a cell of
+// the stream that the sliding window masks (llama.cpp's reuse of an iSWA cache's old cells). Not while a
+// layer of the cache has a layout there: its heads read only the cells from their start on, and a token
+// placed below that would be invisible to them (a pruned prefill gives the sliding layers after it one).
+bool uncomp_swa_cell_reusable(const llama_kv_cache * cache, uint32_t stream);
+
 // Forgets the layout of every layer of a cache in one stream (its cells were cleared or re-evaluated),
 // or in all streams when stream < 0.
 void uncomp_layout_clear(const llama_kv_cache * cache, int32_t stream);
