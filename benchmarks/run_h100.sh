@@ -29,6 +29,7 @@
 #     under Nsight Compute (benchmarks/decode_kernels.py), summed per kernel into $OUT/decode_kernels.txt;
 #   - LOOKAHEAD_COST="args": benchmarks/lookahead_cost.py on the 8B shape on the GPU with flash attention
 #     (e.g. "--lengths 8192 32768"), into $OUT/lookahead_cost.txt;
+#   - COMPRESS_PROBE="args": tools/prune_compress_probe.py on the 8B shape, into $OUT/compress_probe.txt;
 #   - benchmarks/cuda_bench.py on a Llama-3-8B-shaped random Q4_0 GGUF written here, when given args.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -240,6 +241,14 @@ if [ -n "${LOOKAHEAD_COST:-}" ]; then
     [ -f /tmp/llama8b.gguf ] || synth /tmp/llama8b.gguf --ctx 131072
     python3 benchmarks/lookahead_cost.py --model /tmp/llama8b.gguf --n-gpu-layers -1 --flash-attn --n-batch 2048 $LOOKAHEAD_COST \
         | tee "$OUT/lookahead_cost.txt" || echo "lookahead_cost.py failed"
+fi
+
+# COMPRESS_PROBE="args": tools/prune_compress_probe.py on the 8B shape (a pruned prefill's non-finite ranking
+# scores and its slower compression, session 38), into $OUT/compress_probe.txt
+if [ -n "${COMPRESS_PROBE:-}" ]; then
+    [ -f /tmp/llama8b.gguf ] || synth /tmp/llama8b.gguf --ctx 131072
+    python3 tools/prune_compress_probe.py --model /tmp/llama8b.gguf $COMPRESS_PROBE 2>&1 | tee "$OUT/compress_probe.txt" \
+        | grep -v "^uncomp \(gram\|scores\)" || echo "prune_compress_probe.py failed"
 fi
 
 if [ $# -gt 0 ]; then
