@@ -9,14 +9,18 @@ finite, and compress() under cProfile (the Python-side calls that take the time)
 """
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import pyuncomp  # first: it loads its own libllama for llama_cpp
-import llama_cpp  # noqa: I001
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from cuda_bench import prompt_tokens  # noqa: E402  (the bench's own prompt; it imports pyuncomp first)
+import pyuncomp  # noqa: E402
 
 SETTINGS = {  # name: (prefill_prune, prefill_window, flash_attn)
     "plain": (False, 32, True),
@@ -39,8 +43,8 @@ def probe(model, depth, name):
     llm = pyuncomp.Llama(model, n_ctx=depth + 512, n_batch=2048, n_ubatch=512, n_gpu_layers=-1, flash_attn=flash,
                          method="uncomp", ratio=0.05, auto_compress=False, shrink_cache=False, verbose=False,
                          prefill_prune=prune, prefill_keep=0.5, prefill_window=window)
-    layer = llama_cpp.llama_model_n_layer(llm._model.model) // 4  # the default pruning layer of a llama model
-    tokens = [1] + [(7 * i) % 31000 + 100 for i in range(depth - 1)]
+    layer = llm._prefill_layer_of(dataclasses.replace(llm.compression, prefill_prune=True))  # also for "plain"
+    tokens = prompt_tokens(depth)
     t0 = time.perf_counter()
     llm.eval(tokens)
     t_prefill = time.perf_counter() - t0
