@@ -399,6 +399,8 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
         ggml_set_input(q_in[l]);
         // softmax(scale·q·k) over the n cells, causal inside the window (row t sees cells < n - wq + t + 1),
         // summed over the window rows and the gqa query heads: kq [n, wq, gqa, heads] -> [n, 1, heads]
+        // kq must be a product of f32 precision: cuBLAS's default for f16 rows accumulates and writes in
+        // f16, whose 65504 the logits of a random 8B-shaped model's layer 8 exceeded at 32k (all NaN)
         auto mass_of = [&](ggml_tensor * kq, int64_t n, int64_t heads) {
             kq = ggml_diag_mask_inf_inplace(ctx, kq, (int) (n - j.wq));
             kq = ggml_soft_max_ext(ctx, kq, nullptr, j.scale, 0.0f);
@@ -411,7 +413,9 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
             ggml_tensor * k = reads_in_place(j.keys) ? rows_in_place(ctx, j.keys)           // [head_dim, n, n_head_kv]
                                                      : shared_rows(ctx, j.keys, cells.of(ctx, j.keys.cells[0]));
             ggml_tensor * qg = ggml_reshape_3d(ctx, q_in[l], head_dim, j.wq * gqa, n_head_kv);
-            ggml_tensor * kq = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, k, qg), n, j.wq, gqa, n_head_kv);
+            ggml_tensor * prod = ggml_mul_mat(ctx, k, qg);
+            ggml_mul_mat_set_prec(prod, GGML_PREC_F32);
+            ggml_tensor * kq = ggml_reshape_4d(ctx, prod, n, j.wq, gqa, n_head_kv);
             mass.add_heads(l, mass_of(kq, n, n_head_kv), n_head_kv);
             continue;
         }
@@ -424,7 +428,9 @@ void uncomp_device::start_attention_mass(const std::vector<uncomp_score_job> & j
                                              cells.of(ctx, j.keys.cells[h]));                          // [head_dim, n_h] f32
             ggml_tensor * qg = ggml_view_3d(ctx, q_in[l], head_dim, j.wq, gqa, q_in[l]->nb[1], q_in[l]->nb[2],
                                             h * gqa * q_in[l]->nb[2]);
-            mass.add(l, (size_t) h, mass_of(ggml_mul_mat(ctx, k, qg), n_h, 1));                          // [n_h, wq, gqa]
+            ggml_tensor * prod = ggml_mul_mat(ctx, k, qg);                                               // [n_h, wq, gqa]
+            ggml_mul_mat_set_prec(prod, GGML_PREC_F32);
+            mass.add(l, (size_t) h, mass_of(prod, n_h, 1));
         }
     }
     mass.pack(ctx, gf);

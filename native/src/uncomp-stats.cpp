@@ -85,10 +85,18 @@ std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id s
         rows.assign(n_head_kv, cells_of_seq(cache, seq_id));
         return rows;
     }
-    for (const auto & pc : cache->get_cells(seq_id).seq_pos_get(seq_id)) {
-        for (int32_t h = 0; h < n_head_kv; ++h) {
-            rows[h] += pc.second >= start[h] ? 1 : 0;
-        }
+    // one pass over the cells from the lowest head start, counting down: held_from[i - lo] is the
+    // number of cells of seq_id at index >= i. Walking seq_pos (a set of 32k entries) per layer instead
+    // made each stats call after a pruned 32k prefill take 9 ms (session 39, H100)
+    const llama_kv_cells & cells = cache->get_cells(seq_id);
+    const uint32_t n = cells.size();
+    const uint32_t lo = std::min(*std::min_element(start.begin(), start.end()), n);
+    std::vector<uint32_t> held_from(n - lo + 1, 0);
+    for (uint32_t i = n; i-- > lo;) {
+        held_from[i - lo] = held_from[i - lo + 1] + (cells.seq_has(i, seq_id) ? 1 : 0);
+    }
+    for (int32_t h = 0; h < n_head_kv; ++h) {
+        rows[h] = held_from[std::min(start[h], n) - lo];
     }
     return rows;
 }

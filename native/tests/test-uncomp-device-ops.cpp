@@ -135,6 +135,30 @@ void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 &
     }
 }
 
+// Logits far beyond f16's range (|q·k| up to ~1e5; the 8B-shaped random model's layer 8 at 32k gave such
+// keys and queries): cuBLAS's default f16 accumulation overflowed there and every window score came back
+// NaN on CUDA (session 38). The mass of each window row still sums to 1, so each head's total is wq·gqa.
+void check_attention_mass_range(uncomp_device & dev, const storage & s, std::mt19937 & rng, int64_t kv_size) {
+    const int64_t n_head = 2 * k_n_head_kv, gqa = 2, wq = 4, n = kv_size / 2;
+    std::vector<uint32_t> cells(n);
+    std::iota(cells.begin(), cells.end(), (uint32_t) (kv_size - n)); // consecutive: f16 rows read in place
+    uncomp_score_job job;
+    job.keys = { s.t, 0, k_head_dim, std::vector<const std::vector<uint32_t> *>(k_n_head_kv, &cells) };
+    job.wq = wq;
+    job.n_head = n_head;
+    job.scale = 1.0f / std::sqrt((float) k_head_dim);
+    std::normal_distribution<float> normal(0.0f, 4000.0f);
+    job.q.resize(n_head * wq * k_head_dim);
+    for (auto & v : job.q) v = normal(rng);
+    const auto got = dev.attention_mass({ job });
+    for (int64_t h = 0; h < k_n_head_kv; ++h) {
+        double total = 0.0;
+        for (float v : got[0][h]) total += v; // a NaN or inf makes the total so
+        EXPECT(std::fabs(total - (double) (wq * gqa)) < 1e-2, "attention mass, %s, large logits, head %lld: total %g, want %lld",
+               ggml_type_name(s.t->type), (long long) h, total, (long long) (wq * gqa));
+    }
+}
+
 // min_cells: the fewest cells a head holds (at least 2)
 void check_key_gram(uncomp_device & dev, const storage & s, std::mt19937 & rng, int64_t kv_size, int round, int64_t min_cells = 2) {
     std::vector<std::vector<uint32_t>> cells(k_n_head_kv);
@@ -243,7 +267,9 @@ int main() {
                     check_key_gram(d, s, rng, kv_size, round);
                     check_compact(d, s, rng, kv_size);
                 }
-                std::printf("  %s, %lld cells: 3 rounds of scores, Gram matrices, compaction\n", ggml_type_name(type), (long long) kv_size);
+                s.refill(rng);
+                check_attention_mass_range(d, s, rng, kv_size);
+                std::printf("  %s, %lld cells: 3 rounds of scores, Gram matrices, compaction; scores of large logits\n", ggml_type_name(type), (long long) kv_size);
             }
         }
         // over 65535 rows per head: a GPU kernel that puts rows on a grid's y or z dimension stops there
