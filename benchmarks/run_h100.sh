@@ -84,16 +84,18 @@ if [ -f /tmp/smollm2.gguf ] && [ -n "${SWEEP:-}" ]; then
 fi
 # EVAL="args[; args...]": `pyuncomp eval` on SmolLM2 on the GPU for each seed of EVAL_SEEDS and, within a seed,
 # each ';'-separated argument set (set i into folder seed<seed>_<i>), all sharing EVAL_LIMIT_S; what finished
-# comes back in $OUT/eval.tgz (results.json, summary.md and plots of each run)
+# comes back in $OUT/eval.tgz (results.json, summary.md, plots and the log of each run); EVAL_ENV="VAR=value ..."
+# sets variables for them (e.g. CUDA_LAUNCH_BLOCKING=1 UNCOMP_TIMING=1, to place an abort)
 if [ -f /tmp/smollm2.gguf ] && [ -n "${EVAL:-}" ]; then
     end=$((SECONDS + ${EVAL_LIMIT_S:-500})); mkdir -p /tmp/eval_gpu
     IFS=';' read -r -a eval_sets <<< "$EVAL"
     for seed in ${EVAL_SEEDS:-0}; do
         for i in "${!eval_sets[@]}"; do
             run="seed${seed}_$i"
-            rc=0; (cd /tmp && timeout $((end - SECONDS)) python3 -m pyuncomp eval ${eval_sets[$i]} --model /tmp/smollm2.gguf \
+            rc=0; (cd /tmp && env ${EVAL_ENV:-} timeout $((end - SECONDS)) python3 -m pyuncomp eval ${eval_sets[$i]} --model /tmp/smollm2.gguf \
                 --n-gpu-layers -1 --seed "$seed" --quiet --out "/tmp/eval_gpu/$run" > "/tmp/eval_gpu_$run.log" 2>&1) || rc=$?
             echo "eval $run: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_$run.log"
+            mkdir -p "/tmp/eval_gpu/$run" && cp "/tmp/eval_gpu_$run.log" "/tmp/eval_gpu/$run/eval.log" # an abort's backtrace comes back too
             [ $SECONDS -lt $end ] || break 2
         done
     done

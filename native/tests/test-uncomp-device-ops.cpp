@@ -80,8 +80,18 @@ std::vector<uint32_t> random_cells(int64_t n, int64_t kv_size, std::mt19937 & rn
     return all;
 }
 
+// a job's window queries (n_head of them, GQA 2 over the storage's KV heads), each value normal(0, q_sigma)
+void set_queries(uncomp_score_job & job, int64_t wq, std::mt19937 & rng, float q_sigma) {
+    job.wq = wq;
+    job.n_head = 2 * k_n_head_kv;
+    job.scale = 1.0f / std::sqrt((float) k_head_dim);
+    std::normal_distribution<float> normal(0.0f, q_sigma);
+    job.q.resize(job.n_head * wq * k_head_dim);
+    for (auto & v : job.q) v = normal(rng);
+}
+
 void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 & rng, int64_t kv_size, int round) {
-    const int64_t n_head = 2 * k_n_head_kv, gqa = 2, wq = 3 + round;
+    const int64_t gqa = 2, wq = 3 + round;
     std::vector<std::vector<uint32_t>> cells(k_n_head_kv);
     uncomp_score_job job;
     job.keys = { s.t, 0, k_head_dim, {} };
@@ -97,12 +107,7 @@ void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 &
         std::iota(cells[0].begin(), cells[0].end(), (uint32_t) first);
         job.keys.cells.assign(k_n_head_kv, &cells[0]);
     }
-    job.wq = wq;
-    job.n_head = n_head;
-    job.scale = 1.0f / std::sqrt((float) k_head_dim);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    job.q.resize(n_head * wq * k_head_dim);
-    for (auto & v : job.q) v = normal(rng);
+    set_queries(job, wq, rng, 1.0f);
 
     const auto got = dev.attention_mass({ job });
     for (int64_t h = 0; h < k_n_head_kv; ++h) {
@@ -139,17 +144,12 @@ void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 &
 // keys and queries): cuBLAS's default f16 accumulation overflowed there and every window score came back
 // NaN on CUDA (session 38). The mass of each window row still sums to 1, so each head's total is wq·gqa.
 void check_attention_mass_range(uncomp_device & dev, const storage & s, std::mt19937 & rng, int64_t kv_size) {
-    const int64_t n_head = 2 * k_n_head_kv, gqa = 2, wq = 4, n = kv_size / 2;
+    const int64_t gqa = 2, wq = 4, n = kv_size / 2;
     std::vector<uint32_t> cells(n);
     std::iota(cells.begin(), cells.end(), (uint32_t) (kv_size - n)); // consecutive: f16 rows read in place
     uncomp_score_job job;
     job.keys = { s.t, 0, k_head_dim, std::vector<const std::vector<uint32_t> *>(k_n_head_kv, &cells) };
-    job.wq = wq;
-    job.n_head = n_head;
-    job.scale = 1.0f / std::sqrt((float) k_head_dim);
-    std::normal_distribution<float> normal(0.0f, 4000.0f);
-    job.q.resize(n_head * wq * k_head_dim);
-    for (auto & v : job.q) v = normal(rng);
+    set_queries(job, wq, rng, 4000.0f);
     const auto got = dev.attention_mass({ job });
     for (int64_t h = 0; h < k_n_head_kv; ++h) {
         double total = 0.0;
