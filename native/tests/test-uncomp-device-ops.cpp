@@ -31,6 +31,7 @@ namespace {
 constexpr int64_t k_head_dim  = 64;
 constexpr int64_t k_n_head_kv = 3;
 constexpr int64_t k_n_embd    = k_head_dim * k_n_head_kv;
+constexpr int64_t k_gqa       = 2; // query heads per KV head of the score jobs
 
 // one K-like storage [n_embd, kv_size, 1] on a device, with its host copy (raw bytes and as floats)
 struct storage {
@@ -80,10 +81,10 @@ std::vector<uint32_t> random_cells(int64_t n, int64_t kv_size, std::mt19937 & rn
     return all;
 }
 
-// a job's window queries (n_head of them, GQA 2 over the storage's KV heads), each value normal(0, q_sigma)
+// a job's window queries (k_gqa per KV head of the storage), each value normal(0, q_sigma)
 void set_queries(uncomp_score_job & job, int64_t wq, std::mt19937 & rng, float q_sigma) {
     job.wq = wq;
-    job.n_head = 2 * k_n_head_kv;
+    job.n_head = k_gqa * k_n_head_kv;
     job.scale = 1.0f / std::sqrt((float) k_head_dim);
     std::normal_distribution<float> normal(0.0f, q_sigma);
     job.q.resize(job.n_head * wq * k_head_dim);
@@ -91,7 +92,7 @@ void set_queries(uncomp_score_job & job, int64_t wq, std::mt19937 & rng, float q
 }
 
 void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 & rng, int64_t kv_size, int round) {
-    const int64_t gqa = 2, wq = 3 + round;
+    const int64_t gqa = k_gqa, wq = 3 + round;
     std::vector<std::vector<uint32_t>> cells(k_n_head_kv);
     uncomp_score_job job;
     job.keys = { s.t, 0, k_head_dim, {} };
@@ -144,7 +145,7 @@ void check_attention_mass(uncomp_device & dev, const storage & s, std::mt19937 &
 // keys and queries): cuBLAS's default f16 accumulation overflowed there and every window score came back
 // NaN on CUDA (session 38). The mass of each window row still sums to 1, so each head's total is wq·gqa.
 void check_attention_mass_range(uncomp_device & dev, const storage & s, std::mt19937 & rng, int64_t kv_size) {
-    const int64_t gqa = 2, wq = 4, n = kv_size / 2;
+    const int64_t gqa = k_gqa, wq = 4, n = kv_size / 2;
     std::vector<uint32_t> cells(n);
     std::iota(cells.begin(), cells.end(), (uint32_t) (kv_size - n)); // consecutive: f16 rows read in place
     uncomp_score_job job;
