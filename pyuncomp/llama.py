@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 import warnings
@@ -744,14 +745,19 @@ class Llama(llama_cpp.Llama):
         fields = [name for name, _ in ffi.typeof("struct llama_uncomp_layer_stats").fields]
         return [{f: getattr(s, f) for f in fields} for s in stats]
 
+    @functools.cached_property
+    def _key_widths(self) -> dict:
+        """{model layer: (n_embd_k_gqa, n_head_kv)} of each cache layer. The model fixes them; asking the
+        native stats each time walked a pruned cache's cells, 64 times per compression with lookahead."""
+        return {s["il"]: (s["n_embd_k_gqa"], s["n_head_kv"]) for s in self._layer_stats(0)}
+
     def cached_keys(self, layer: int, seq_id: int = 0):
         """The keys model layer ``layer`` holds for ``seq_id``, ordered by position, as a float32
         array [tokens, n_head_kv * head_dim] (post-RoPE, dequantised)."""
-        width = {s["il"]: s["n_embd_k_gqa"] for s in self._layer_stats(seq_id)}
-        if layer not in width:
+        if layer not in self._key_widths:
             raise ValueError(f"layer: {layer} is not a cache layer of this model")
         ctx = self._ctx_ptr()
-        keys = np.empty((_check(lib.llama_uncomp_read_keys(ctx, seq_id, layer, ffi.NULL, 0)), width[layer]),
+        keys = np.empty((_check(lib.llama_uncomp_read_keys(ctx, seq_id, layer, ffi.NULL, 0)), self._key_widths[layer][0]),
                         dtype=np.float32)
         _check(lib.llama_uncomp_read_keys(ctx, seq_id, layer, ffi.cast("float *", keys.ctypes.data), keys.size))
         return keys
@@ -761,10 +767,10 @@ class Llama(llama_cpp.Llama):
         last compression: float32 [rows, n_head * head_dim], oldest first."""
         if not self._attached:
             raise RuntimeError("window_queries: this model does not compress (ratio=1.0 or method='full')")
-        layer_stats = {s["il"]: s for s in self._layer_stats(0)}
-        if layer not in layer_stats:
+        if layer not in self._key_widths:
             raise ValueError(f"layer: {layer} is not a cache layer of this model")
-        head_dim = layer_stats[layer]["n_embd_k_gqa"] // layer_stats[layer]["n_head_kv"]
+        n_embd_k_gqa, n_head_kv = self._key_widths[layer]
+        head_dim = n_embd_k_gqa // n_head_kv
         ctx = self._ctx_ptr()
         n_rows = _check(lib.llama_uncomp_window_queries(ctx, layer, ffi.NULL, 0))
         queries = np.empty((n_rows, llama_cpp.llama_model_n_head(self._model.model) * head_dim), dtype=np.float32)

@@ -10,6 +10,7 @@
 #include "llama-model.h"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 std::vector<uncomp_cache_layer> uncomp_cache_layers(const llama_context * ctx) {
@@ -74,8 +75,41 @@ uint32_t cells_of_seq(const llama_kv_cache * cache, llama_seq_id seq_id) {
     return (uint32_t) cache->get_cells(seq_id).seq_pos_get(seq_id).size();
 }
 
+// held_from[i]: the cells of seq_id at index >= i in the cache, i in [0, size]; one pass counting down,
+// shared by every layer of the cache. Walking seq_pos (a set of 32k entries) per layer instead made each
+// stats call after a pruned 32k prefill take 9 ms (session 39, H100)
+std::vector<uint32_t> held_from_cell(const llama_kv_cache * cache, llama_seq_id seq_id) {
+    const llama_kv_cells & cells = cache->get_cells(seq_id);
+    std::vector<uint32_t> held_from(cells.size() + 1, 0);
+    for (uint32_t i = cells.size(); i-- > 0;) {
+        held_from[i] = held_from[i + 1] + (cells.seq_has(i, seq_id) ? 1 : 0);
+    }
+    return held_from;
+}
+
+// The suffix counts of each cache that a stats call reads, counted once for all its layers
+class held_counts {
+public:
+    explicit held_counts(llama_seq_id seq_id) : seq_id(seq_id) {}
+
+    const std::vector<uint32_t> & of(const llama_kv_cache * cache) {
+        for (const auto & c : counted) {
+            if (c.first == cache) {
+                return c.second;
+            }
+        }
+        counted.emplace_back(cache, held_from_cell(cache, seq_id));
+        return counted.back().second;
+    }
+
+private:
+    llama_seq_id seq_id;
+    std::vector<std::pair<const llama_kv_cache *, std::vector<uint32_t>>> counted;
+};
+
 // Tokens each KV head of layer il holds for seq_id: its cells from the head's first cell on
-std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id seq_id, int32_t il, int32_t n_head_kv) {
+std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id seq_id, int32_t il, int32_t n_head_kv,
+                                    held_counts & held) {
     std::vector<uint32_t> rows(n_head_kv, 0);
     if (seq_id < 0 || seq_id >= (llama_seq_id) cache->get_n_seq_max()) {
         return rows;
@@ -85,18 +119,9 @@ std::vector<uint32_t> rows_per_head(const llama_kv_cache * cache, llama_seq_id s
         rows.assign(n_head_kv, cells_of_seq(cache, seq_id));
         return rows;
     }
-    // one pass over the cells from the lowest head start, counting down: held_from[i - lo] is the
-    // number of cells of seq_id at index >= i. Walking seq_pos (a set of 32k entries) per layer instead
-    // made each stats call after a pruned 32k prefill take 9 ms (session 39, H100)
-    const llama_kv_cells & cells = cache->get_cells(seq_id);
-    const uint32_t n = cells.size();
-    const uint32_t lo = std::min(*std::min_element(start.begin(), start.end()), n);
-    std::vector<uint32_t> held_from(n - lo + 1, 0);
-    for (uint32_t i = n; i-- > lo;) {
-        held_from[i - lo] = held_from[i - lo + 1] + (cells.seq_has(i, seq_id) ? 1 : 0);
-    }
+    const std::vector<uint32_t> & held_from = held.of(cache);
     for (int32_t h = 0; h < n_head_kv; ++h) {
-        rows[h] = held_from[std::min(start[h], n) - lo];
+        rows[h] = held_from[std::min<size_t>(start[h], held_from.size() - 1)];
     }
     return rows;
 }
@@ -116,6 +141,7 @@ int32_t llama_uncomp_layer_stats(
         return -1;
     }
     const auto & hparams = ctx->get_model().hparams;
+    held_counts held(seq_id);
     for (size_t i = 0; out != nullptr && i < layers.size() && (int32_t) i < n_max; ++i) {
         const auto & l = layers[i];
         ggml_tensor * k = l.cache->get_k_storage(l.il);
@@ -126,7 +152,7 @@ int32_t llama_uncomp_layer_stats(
         const uint32_t n_cells = cells_of_seq(l.cache, seq_id);
         const int32_t n_head_kv = (int32_t) hparams.n_head_kv(l.il);
         uint64_t head_rows = 0; // rows held summed over heads: heads may keep different counts
-        for (uint32_t r : rows_per_head(l.cache, seq_id, (int32_t) l.il, n_head_kv)) {
+        for (uint32_t r : rows_per_head(l.cache, seq_id, (int32_t) l.il, n_head_kv, held)) {
             head_rows += r;
         }
 
@@ -156,7 +182,8 @@ int32_t llama_uncomp_tokens_kept(
         return -1;
     }
     const int32_t n_head_kv = (int32_t) ctx->get_model().hparams.n_head_kv(il);
-    const std::vector<uint32_t> rows = rows_per_head(cache, seq_id, il, n_head_kv);
+    held_counts held(seq_id);
+    const std::vector<uint32_t> rows = rows_per_head(cache, seq_id, il, n_head_kv, held);
     for (int32_t h = 0; out != nullptr && h < n_head_kv && h < n_max; ++h) {
         out[h] = (int32_t) rows[h];
     }
