@@ -19,6 +19,7 @@
 #   - SWEEP="sweep.py args": the policy sweep on SmolLM2 on the GPU (SWEEP_SEEDS, SWEEP_LIMIT_S);
 #   - EVAL="pyuncomp eval args[; args...]": the harness on SmolLM2 on the GPU, once per seed of EVAL_SEEDS
 #     (default 0) and argument set, all within EVAL_LIMIT_S (default 500) s, into $OUT/eval.tgz (one folder a run);
+#     EVAL_SYNTH=1 runs it on a random SmolLM2-shaped GGUF written there instead (no parts to carry: one call);
 #   - PRUNE_PROBE=1: the pruned prefill on CUDA against the CPU, step by step on the eval's prompts (tools/graph_replay_probe.py --scenario eval);
 #   - PLOT_PROBE=1: which import or subprocess crashes the device image's Python after pyuncomp (matplotlib);
 #   - GRAPH_PROBE=1: CUDA graphs on against off under the harness's flow on a random SmolLM2-shaped model (no parts needed);
@@ -36,6 +37,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source tools/device_build.sh
 export PYTHONUNBUFFERED=1
 synth() { PYTHONPATH=third_party/llama.cpp/gguf-py:$PYTHONPATH python3 .src/synth_gguf.py "$@" >/dev/null; }
+# a random GGUF of SmolLM2's shape (30 layers, 3 KV heads) at /tmp/smol_shape.gguf, written once
+smol_shape() { [ -f /tmp/smol_shape.gguf ] || synth /tmp/smol_shape.gguf --layers 30 --embd 576 --ff 1536 --heads 9 --kv-heads 3 --vocab 49152 --ctx 8192; }
 
 LIB=$SITE/pyuncomp/lib
 g++ -O2 -std=c++17 native/tests/test-uncomp-device-ops.cpp -Inative/src -Ithird_party/llama.cpp/include \
@@ -85,14 +88,19 @@ fi
 # EVAL="args[; args...]": `pyuncomp eval` on SmolLM2 on the GPU for each seed of EVAL_SEEDS and, within a seed,
 # each ';'-separated argument set (set i into folder seed<seed>_<i>), all sharing EVAL_LIMIT_S; what finished
 # comes back in $OUT/eval.tgz (results.json, summary.md, plots and the log of each run); EVAL_ENV="VAR=value ..."
-# sets variables for them (e.g. CUDA_LAUNCH_BLOCKING=1 UNCOMP_TIMING=1, to place an abort)
-if [ -f /tmp/smollm2.gguf ] && [ -n "${EVAL:-}" ]; then
+# sets variables for them (e.g. CUDA_LAUNCH_BLOCKING=1 UNCOMP_TIMING=1, to place an abort); EVAL_SYNTH=1: on a
+# random SmolLM2-shaped model (its answers are meaningless; shapes, tokens and control flow are the harness's)
+eval_model=/tmp/smollm2.gguf
+if [ -n "${EVAL:-}" ] && [ "${EVAL_SYNTH:-0}" = 1 ]; then
+    eval_model=/tmp/smol_shape.gguf; smol_shape
+fi
+if [ -f $eval_model ] && [ -n "${EVAL:-}" ]; then
     end=$((SECONDS + ${EVAL_LIMIT_S:-500})); mkdir -p /tmp/eval_gpu
     IFS=';' read -r -a eval_sets <<< "$EVAL"
     for seed in ${EVAL_SEEDS:-0}; do
         for i in "${!eval_sets[@]}"; do
             run="seed${seed}_$i"
-            rc=0; (cd /tmp && env ${EVAL_ENV:-} timeout $((end - SECONDS)) python3 -m pyuncomp eval ${eval_sets[$i]} --model /tmp/smollm2.gguf \
+            rc=0; (cd /tmp && env ${EVAL_ENV:-} timeout $((end - SECONDS)) python3 -m pyuncomp eval ${eval_sets[$i]} --model $eval_model \
                 --n-gpu-layers -1 --seed "$seed" --quiet --out "/tmp/eval_gpu/$run" > "/tmp/eval_gpu_$run.log" 2>&1) || rc=$?
             echo "eval $run: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_$run.log"
             mkdir -p "/tmp/eval_gpu/$run" && cp "/tmp/eval_gpu_$run.log" "/tmp/eval_gpu/$run/eval.log" # an abort's backtrace comes back too
@@ -145,7 +153,7 @@ fi
 # logits of the harness's steps and of recalled chats, 2k to 4k (tools/graph_replay_probe.py, where ggml-cuda
 # captured a graph in the .log). The exit status of each run is printed; everything goes to $OUT/graph_probe.tgz
 if [ "${GRAPH_PROBE:-0}" = 1 ]; then
-    synth /tmp/smol_shape.gguf --layers 30 --embd 576 --ff 1536 --heads 9 --kv-heads 3 --vocab 49152 --ctx 8192
+    smol_shape
     mkdir -p /tmp/gp
     for graphs in off on; do
         env=(); [ $graphs = off ] && env=(GGML_CUDA_DISABLE_GRAPHS=1)
@@ -202,7 +210,7 @@ fi
 # segfaulted while loading; `pyuncomp eval` on the GPU exited with SIGSEGV after writing its results): native
 # backtraces under cuda-gdb, on the random SmolLM2-shaped model of GRAPH_PROBE
 if [ "${CRASH_PROBE:-0}" = 1 ]; then
-    [ -f /tmp/smol_shape.gguf ] || synth /tmp/smol_shape.gguf --layers 30 --embd 576 --ff 1536 --heads 9 --kv-heads 3 --vocab 49152 --ctx 8192
+    smol_shape
     backtrace() { (cd /tmp && timeout 240 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args "$@" 2>&1) | \
         grep -E "^#|signal|SIG|exited|libgomp|libiomp|omp|rror|cuda-gdb|loaded" | head -40 || true; }
     {
