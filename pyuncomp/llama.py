@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import threading
 import warnings
 from dataclasses import replace
@@ -540,6 +541,17 @@ class Llama(llama_cpp.Llama):
     def n_ctx(self) -> int:
         """The context size asked for (the cache may allocate fewer cells while compressed)."""
         return getattr(self, "_n_ctx", None) or self._ctx.n_ctx()
+
+    def _create_completion(self, *args, **kwargs):
+        # llama-cpp-python checks a prompt against n_ctx but names the live context's size in its message,
+        # which is the smaller allocation of a compressed cache: say the size the check used
+        try:
+            return (yield from super()._create_completion(*args, **kwargs))
+        except ValueError as e:
+            too_long = re.fullmatch(r"Requested tokens \((\d+)\) exceed context window of \d+", str(e))
+            if too_long is None:
+                raise
+            raise ValueError(f"Requested tokens ({too_long.group(1)}) exceed context window of {self.n_ctx()}") from None
 
     def _cells_held(self) -> int:
         """The cells the cache holds now: the most any cache layer holds for sequence 0."""

@@ -94,9 +94,12 @@ def test_truncated_gguf_is_a_clear_error(smollm2_path, tmp_path):
 
 
 def test_prompt_longer_than_the_context_is_refused(smollm2_path):
-    llm = pyuncomp.Llama(smollm2_path, n_ctx=256, ratio=0.05, verbose=False)
-    with pytest.raises(ValueError, match="exceed context window"):
-        llm.create_completion("word " * 400, max_tokens=4)
+    # the message names n_ctx, not the smaller cache a compressing model allocates until it needs more
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=2048, ratio=0.05, verbose=False)
+    with pytest.raises(ValueError, match=r"Requested tokens \(2401\) exceed context window of 2048$"):
+        llm.create_completion("word " * 2400, max_tokens=4)
+    with pytest.raises(ValueError, match="exceed context window of 2048$"):
+        list(llm.create_completion("word " * 2400, max_tokens=4, stream=True))
     assert llm.create_completion("The sky is", max_tokens=4, temperature=0.0)["choices"][0]["text"]  # still usable
     llm.close()
 
