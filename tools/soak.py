@@ -1,7 +1,7 @@
 """Soak: many generate calls with compression on one Llama; prints resident memory (RSS) as it goes,
 and the GPU's memory in use (nvidia-smi) when layers are offloaded.
 
-    python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05] [--n-gpu-layers -1]
+    python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05] [--n-gpu-layers -1] [--prefill-prune]
 
 Each call evaluates a different prompt (~640 tokens with the default 90 items) (so it is evaluated, compressed and its cache shrunk
 anew) and generates 8 tokens. RSS is read from /proc/self/statm every ten calls."""
@@ -35,9 +35,12 @@ def main():
     ap.add_argument("--ratio", type=float, default=0.05)
     ap.add_argument("--items", type=int, default=90, help="filler sentences per prompt (~7 tokens each)")
     ap.add_argument("--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--prefill-prune", action="store_true",
+                    help="every prompt through the pruned prefill (keep 0.5, whatever its length)")
     a = ap.parse_args()
+    prune = {"prefill_prune": True, "prefill_min_tokens": 0} if a.prefill_prune else {}
     llm = pyuncomp.Llama(str(pyuncomp.resolve_model(a.model)), n_ctx=2048, method=a.method, ratio=a.ratio,
-                         n_gpu_layers=a.n_gpu_layers, seed=0, verbose=False)
+                         n_gpu_layers=a.n_gpu_layers, seed=0, verbose=False, **prune)
     on_gpu = a.n_gpu_layers != 0
     filler = " ".join(f"Item {i} is a red car." for i in range(a.items))
     t0 = time.time()
