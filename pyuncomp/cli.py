@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefill-keeps", type=_csv(float), default=[],
                     help="comma-separated fractions: each compressing setting again with a pruned prefill keeping it")
     ev.add_argument("--prefill-layer", type=int, default=None,
-                    help="with --prefill-keeps: the pruned prefill's last full layer (default n_layer // 4)")
+                    help="with --prefill-keeps: the pruned prefill's last full layer (default: a quarter of the way, n_layer // 4; with sliding-window layers not the first full-attention one)")
     ev.add_argument("--prefill-min-tokens", type=int, default=None,
                     help="with --prefill-keeps: the fewest tokens the later layers run on; shorter prompts are not pruned "
                          "(default 1536, as UNComp's reference; 0: none)")
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prefill-keep", type=float, default=0.5,
                        help="with --prefill-prune: fraction of tokens the later layers run on (default 0.5)")
     bench.add_argument("--prefill-layer", type=int, default=None,
-                       help="with --prefill-prune: last layer on every token (default n_layer // 4)")
+                       help="with --prefill-prune: last layer on every token (default: a quarter of the way, n_layer // 4; with sliding-window layers not the first full-attention one)")
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama-cpp-python's) on the compressed model",

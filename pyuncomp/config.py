@@ -36,7 +36,8 @@ class CompressionConfig:
     prefill_prune: prune hidden states during the prompt's evaluation (UNComp's first stage): layers
     after ``prefill_layer`` run only on the tokens that layer's window attention ranks highest, about
     ``prefill_keep`` of them, at their own positions, and cache only those (llama, qwen2 and qwen3 architectures).
-    prefill_layer: the last layer that sees every token; None: a quarter of the way, n_layer // 4.
+    prefill_layer: the last layer that sees every token; None: the first full-attention layer from a quarter
+    of the way (n_layer // 4) on, and with sliding-window layers not the first full-attention one.
     prefill_keep: fraction of the prompt's tokens the later layers run on, in (0, 1] (the pruning window always).
     prefill_window: the last prompt queries whose attention at ``prefill_layer`` ranks the tokens (the
     compression's ``window`` when larger), in [1, 4096]; a prompt no longer than it is not pruned.

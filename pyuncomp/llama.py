@@ -275,8 +275,12 @@ class Llama(llama_cpp.Llama):
         full = [il for il in range(n_layer - 1) if il not in sliding]
         if sliding and not self.context_params.swa_full:
             raise ValueError("prefill_prune: needs the full-size sliding-window cache of this model (swa_full=True)")
-        if config.prefill_layer is None:  # a quarter of the way
-            return next((il for il in full if il >= n_layer // 4), full[-1])
+        if config.prefill_layer is None:
+            # a quarter of the way; with sliding-window layers, after the first full-attention one, whose
+            # tokens carry only their window's context: ranking there cost Gemma-3-270M 3.1 points, the
+            # next full layer 0.0 (docs/fidelity.md, "Gemma 3's pruned qa answers, traced")
+            candidates = full[1:] if sliding and len(full) > 1 else full
+            return next((il for il in candidates if il >= n_layer // 4), candidates[-1])
         layer = config.prefill_layer
         if not 0 <= layer <= n_layer - 2:
             raise ValueError(f"prefill_layer: must be in [0, {n_layer - 2}] for this {n_layer}-layer model, got {layer}")

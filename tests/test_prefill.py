@@ -217,18 +217,20 @@ def test_prefill_pruning_names_an_architecture_it_cannot_prune(tmp_path):
 
 def test_gemma3_prunes_at_a_full_attention_layer_and_its_sliding_layers_see_true_windows(gemma3_path):
     # Gemma 3's layers 0-4, 6-10, 12-16 attend to a 512-token sliding window: the pruning layer is the
-    # first full-attention one from a quarter on, and the sliding layers after it must measure their
-    # window in the kept tokens' true positions, not in their cells
+    # first full-attention one from a quarter on other than the first (5), whose tokens carry only their
+    # window's context, so 11; the sliding layers after it must measure their window in the kept tokens'
+    # true positions, not in their cells
     plain = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False)
     tokens = prompt_tokens(plain)
     plain.eval(tokens)
     sliding = set(plain.compression_stats()["swa_layers"])
-    layer = next(il for il in range(18 // 4, 17) if il not in sliding)
+    full = [il for il in range(17) if il not in sliding]
+    layer = next(il for il in full[1:] if il >= 18 // 4)
     every = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=1.0)
     every.eval(tokens)
     assert every.prefill_kept == len(tokens)
     np.testing.assert_array_equal(every._last_logits(), plain._last_logits())
-    for il in (layer, layer + 1, 11, 17):
+    for il in (5, 6, layer, layer + 1, 17):
         np.testing.assert_array_equal(every.cached_keys(il), plain.cached_keys(il))
     pruned = make(gemma3_path, method="snapkv", ratio=0.5, auto_compress=False, prefill_prune=True, prefill_keep=0.4)
     pruned.eval(tokens)
