@@ -1,5 +1,7 @@
 """Soak: many generate calls with compression on one Llama; prints resident memory (RSS) as it goes,
-and the GPU's memory in use (nvidia-smi) when layers are offloaded.
+and the GPU's memory in use (nvidia-smi) when layers are offloaded. With glibc it also prints the heap's
+bytes in use and the free bytes malloc holds (mallinfo2), and RSS after malloc_trim at the end: growth in
+use is held memory (a leak, or caches), growth of free bytes only is the allocator's fragmentation.
 
     python tools/soak.py [--model M] [--calls 1000] [--method uncomp] [--ratio 0.05] [--n-gpu-layers -1] [--prefill-prune]
 
@@ -7,6 +9,8 @@ Each call evaluates a different prompt (~640 tokens with the default 90 items) (
 anew) and generates 8 tokens. RSS is read from /proc/self/statm every ten calls."""
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import resource
 import subprocess
@@ -18,6 +22,30 @@ import pyuncomp
 def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallinfo2"):  # not glibc, or before 2.33
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return libc
+
+
+LIBC = _glibc()
+
+
+def heap_note():
+    """The heap's bytes in use and the free bytes malloc holds, or '' without glibc's mallinfo2."""
+    if LIBC is None:
+        return ""
+    m = LIBC.mallinfo2()
+    return f", heap in use {(m.uordblks + m.hblkhd) / 2**20:7.2f} MiB, free held {m.fordblks / 2**20:6.2f} MiB"
 
 
 def gpu_mib():
@@ -51,8 +79,11 @@ def main():
         if call % 10 == 0:
             marks.append((call, rss_mib(), gpu_mib() if on_gpu else None))
             gpu = f", GPU {marks[-1][2]:8.0f} MiB" if on_gpu else ""
-            print(f"call {call:5d}: RSS {marks[-1][1]:8.1f} MiB{gpu}, {time.time() - t0:6.0f} s", flush=True)
+            print(f"call {call:5d}: RSS {marks[-1][1]:8.1f} MiB{gpu}{heap_note()}, {time.time() - t0:6.0f} s", flush=True)
     s = llm.compression_stats()
+    if LIBC is not None:  # with the model still loaded: what RSS the free bytes malloc held made up
+        LIBC.malloc_trim(0)
+        print(f"after malloc_trim: RSS {rss_mib():.1f} MiB{heap_note()}")
     llm.close()
     growth = marks[-1][1] - marks[0][1]
     if on_gpu:
