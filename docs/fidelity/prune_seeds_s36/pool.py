@@ -34,7 +34,9 @@ def run_averages(records):
 
 
 def table(runs):
-    settings = list(dict.fromkeys(r["setting"] for rs in runs.values() for r in rs))
+    # the settings every run has (a run may leave out e.g. the full cache, which nothing is compared with)
+    settings = [s for s in dict.fromkeys(r["setting"] for rs in runs.values() for r in rs)
+                if all(any(r["setting"] == s for r in rs) for rs in runs.values())]
     tasks = list(dict.fromkeys(r["task"] for rs in runs.values() for r in rs))
     print("| setting | " + " | ".join(tasks) + " | " + " | ".join(runs) + " | pooled | pruned − unpruned |")
     print("|---|" + "---|" * (len(tasks) + len(runs) + 2))
