@@ -15,6 +15,8 @@ from pathlib import Path
 
 import cffi
 
+from . import _logging
+
 # PYUNCOMP_LIB_DIR: load libllama from another build of this source instead (e.g. the sanitizer build
 # the tests make), with the header installed beside this package
 LIB_DIR = Path(os.environ.get("PYUNCOMP_LIB_DIR") or Path(__file__).resolve().parent / "lib")
@@ -58,6 +60,7 @@ def _cdef_from_header(text: str) -> str:
 
 
 llama_cpp, _lib_path = _import_llama_cpp()
+_logging.install(llama_cpp)
 ffi = cffi.FFI()
 ffi.cdef(_cdef_from_header(HEADER.read_text()))
 lib = ffi.dlopen(str(_lib_path))

@@ -93,6 +93,22 @@ def test_truncated_gguf_is_a_clear_error(smollm2_path, tmp_path):
         pyuncomp.Llama(str(truncated), ratio=0.05, verbose=False)
 
 
+def test_llama_cpp_errors_reach_stderr_under_verbose_false(smollm2_path, tmp_path, capfd):
+    # llama-cpp-python's own log callback reads ggml's levels by an older enum: under verbose=False it
+    # dropped llama.cpp's errors (a CUDA error's text before ggml aborts) and printed its warnings
+    llm = pyuncomp.Llama(smollm2_path, n_ctx=256, verbose=False)
+    capfd.readouterr()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(60))  # GGUF's magic, then version 0
+    assert not llama_cpp.llama_model_load_from_file(str(bad).encode(), llama_cpp.llama_model_default_params())
+    err = capfd.readouterr().err
+    assert "bad GGUF version: 0" in err and "error loading model" in err, err
+    model = llama_cpp.llama_model_load_from_file(smollm2_path.encode(), llama_cpp.llama_model_default_params())
+    assert model and "llama_model_loader" not in capfd.readouterr().err  # its info lines stay quiet
+    llama_cpp.llama_model_free(model)
+    llm.close()
+
+
 def test_prompt_longer_than_the_context_is_refused(smollm2_path):
     # the message names n_ctx, not the smaller cache a compressing model allocates until it needs more
     llm = pyuncomp.Llama(smollm2_path, n_ctx=2048, ratio=0.05, verbose=False)
