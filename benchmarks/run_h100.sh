@@ -97,10 +97,14 @@ fi
 if [ -f $eval_model ] && [ -n "${EVAL:-}" ]; then
     end=$((SECONDS + ${EVAL_LIMIT_S:-500})); mkdir -p /tmp/eval_gpu
     IFS=';' read -r -a eval_sets <<< "$EVAL"
+    # EVAL_GRAPH_LOG=1: ggml-cuda's CUDA graph events (captured, reused, reset) in each run's log, among its lines
+    eval_cmd=(python3 -m pyuncomp)
+    [ "${EVAL_GRAPH_LOG:-0}" = 1 ] && eval_cmd=(python3 -c "import sys; sys.path.insert(0, '$PWD/tools'); import graph_replay_probe as g
+g.log_graph_events({'label': 'eval'}); from pyuncomp.cli import main; raise SystemExit(main())")
     for seed in ${EVAL_SEEDS:-0}; do
         for i in "${!eval_sets[@]}"; do
             run="seed${seed}_$i"
-            rc=0; (cd /tmp && env ${EVAL_ENV:-} timeout $((end - SECONDS)) python3 -m pyuncomp eval ${eval_sets[$i]} --model $eval_model \
+            rc=0; (cd /tmp && env ${EVAL_ENV:-} timeout $((end - SECONDS)) "${eval_cmd[@]}" eval ${eval_sets[$i]} --model $eval_model \
                 --n-gpu-layers -1 --seed "$seed" --quiet --out "/tmp/eval_gpu/$run" > "/tmp/eval_gpu_$run.log" 2>&1) || rc=$?
             echo "eval $run: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_$run.log"
             mkdir -p "/tmp/eval_gpu/$run" && cp "/tmp/eval_gpu_$run.log" "/tmp/eval_gpu/$run/eval.log" # an abort's backtrace comes back too

@@ -36,14 +36,18 @@ def fingerprint(logits: np.ndarray) -> list:
 
 
 def log_graph_events(where: dict) -> None:
-    """prints ggml-cuda's CUDA graph messages (warm-up complete: a capture; reused; reset) with the step"""
+    """prints ggml-cuda's CUDA graph messages (warm-up complete: a capture; reused; reset) with the step;
+    the rest of the log as pyuncomp prints it (a CUDA error's text before an abort among it)"""
     import llama_cpp
+    from pyuncomp import _logging
 
     @llama_cpp.llama_log_callback
     def on_log(level, text, user_data):
         line = text.decode(errors="replace").strip()
         if "CUDA graph" in line or "CUDA Graph" in line:
             print(f"[{where['label']}] {line}", flush=True)
+        else:
+            _logging._print_at_level(level, text, user_data)
 
     log_graph_events.keep = on_log  # the callback must outlive this call
     llama_cpp.llama_log_set(on_log, None)
