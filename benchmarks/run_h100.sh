@@ -103,13 +103,25 @@ if [ -f $eval_model ] && [ -n "${EVAL:-}" ]; then
     [ "${EVAL_GRAPH_LOG:-0}" = 1 ] && eval_cmd=(python3 -c "import sys; sys.path.insert(0, '$PWD/tools'); import graph_replay_probe as g; \
 g.log_graph_events({'label': 'eval'}); from pyuncomp.cli import main; raise SystemExit(main())")
     [ "${EVAL_GDB:-0}" = 1 ] && eval_cmd=(cuda-gdb -q -batch -ex run -ex bt -ex "info cuda kernels" -ex "x/8i \$pc-64" --args "${eval_cmd[@]}")
+    # EVAL_COREDUMP=1: a device exception writes a GPU core dump (no memory images), read back by cuda-gdb after the
+    # run: the faulting kernel, its launch and its frames (a debugger attached throughout would slow the run)
+    coredump_env=()
+    [ "${EVAL_COREDUMP:-0}" = 1 ] && coredump_env=(CUDA_ENABLE_COREDUMP_ON_EXCEPTION=1 CUDA_ENABLE_CPU_COREDUMP_ON_EXCEPTION=0
+        CUDA_COREDUMP_FILE=/tmp/eval_core_%p.cudacore
+        CUDA_COREDUMP_GENERATION_FLAGS=skip_nonrelocated_elf_images,skip_global_memory,skip_shared_memory,skip_local_memory)
     for seed in ${EVAL_SEEDS:-0}; do
         for i in "${!eval_sets[@]}"; do
             run="seed${seed}_$i"
-            rc=0; (cd /tmp && env ${EVAL_ENV:-} timeout $((end - SECONDS)) "${eval_cmd[@]}" eval ${eval_sets[$i]} --model $eval_model \
+            rc=0; (cd /tmp && env "${coredump_env[@]}" ${EVAL_ENV:-} timeout $((end - SECONDS)) "${eval_cmd[@]}" eval ${eval_sets[$i]} --model $eval_model \
                 --n-gpu-layers -1 --seed "$seed" --quiet --out "/tmp/eval_gpu/$run" > "/tmp/eval_gpu_$run.log" 2>&1) || rc=$?
             echo "eval $run: exit $rc, $SECONDS s"; tail -n 3 "/tmp/eval_gpu_$run.log"
             mkdir -p "/tmp/eval_gpu/$run" && cp "/tmp/eval_gpu_$run.log" "/tmp/eval_gpu/$run/eval.log" # an abort's backtrace comes back too
+            for core in /tmp/eval_core_*.cudacore; do
+                [ -f "$core" ] || continue
+                timeout 120 cuda-gdb -q -batch -ex "target cudacore $core" -ex "info cuda kernels" -ex bt -ex "x/6i \$pc-48" -ex "x/4i \$pc" \
+                    2>&1 | tee "/tmp/eval_gpu/$run/cudacore.txt" | tail -40 || true
+                rm -f "$core"
+            done
             [ $SECONDS -lt $end ] || break 2
         done
     done
