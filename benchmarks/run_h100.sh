@@ -118,7 +118,7 @@ g.log_graph_events({'label': 'eval'}); from pyuncomp.cli import main; raise Syst
             mkdir -p "/tmp/eval_gpu/$run" && cp "/tmp/eval_gpu_$run.log" "/tmp/eval_gpu/$run/eval.log" # an abort's backtrace comes back too
             for core in /tmp/eval_core_*.cudacore; do
                 [ -f "$core" ] || continue
-                timeout 120 cuda-gdb -q -batch -ex "target cudacore $core" -ex "info cuda kernels" -ex bt -ex "x/6i \$pc-48" -ex "x/4i \$pc" \
+                timeout 60 cuda-gdb -q -batch -ex "target cudacore $core" -ex "info cuda kernels" -ex bt -ex "x/6i \$pc-48" -ex "x/4i \$pc" \
                     2>&1 | tee "/tmp/eval_gpu/$run/cudacore.txt" | tail -40 || true
                 rm -f "$core"
             done

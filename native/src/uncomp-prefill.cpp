@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -140,8 +141,34 @@ bool holds_in_place(const llama_kv_cache * kv, int64_t from, int64_t to) {
     return true;
 }
 
+// CUDA graphs paused on the context's backends from the prefill's begin to its end (patch 0009): with them,
+// pruned 7k prompts on an H100 aborted in the tail ("illegal instruction" at cudaGraphLaunch, session 41), and
+// the prefill's graphs change shape every chunk, so a graph would rarely be replayed there anyway.
+// UNCOMP_PREFILL_CUDA_GRAPHS=1 leaves them on (to reproduce that abort).
+void pause_cuda_graphs(llama_context * ctx, bool pause) {
+    static const bool keep_graphs = [] {
+        const char * v = std::getenv("UNCOMP_PREFILL_CUDA_GRAPHS");
+        return v != nullptr && std::strcmp(v, "1") == 0;
+    }();
+    if (keep_graphs) {
+        return;
+    }
+    using pause_graphs_fn = void (*)(ggml_backend_t, bool);
+    ggml_backend_sched_t sched = ctx->get_sched();
+    for (int i = 0; i < ggml_backend_sched_get_n_backends(sched); ++i) {
+        ggml_backend_t     backend = ggml_backend_sched_get_backend(sched, i);
+        ggml_backend_dev_t dev     = ggml_backend_get_device(backend);
+        ggml_backend_reg_t reg     = dev != nullptr ? ggml_backend_dev_backend_reg(dev) : nullptr;
+        auto pause_graphs = reg != nullptr ? (pause_graphs_fn) ggml_backend_reg_get_proc_address(reg, "ggml_backend_cuda_pause_graphs") : nullptr;
+        if (pause_graphs != nullptr) {
+            pause_graphs(backend, pause);
+        }
+    }
+}
+
 void end_prefill(llama_context * ctx, uncomp_prefill & pf) {
     llama_synchronize(ctx); // the last graphs may still read the residual buffer, freed here
+    pause_cuda_graphs(ctx, false);
     pf = uncomp_prefill();
     uncomp_rank_window(ctx, -1, 0);
     uncomp_observe(ctx, false, 0);
@@ -239,6 +266,7 @@ int32_t llama_uncomp_prefill_begin(struct llama_context * ctx, int32_t layer, in
         ggml_free(rows_ctx);
     });
     pf->t_begin  = std::chrono::steady_clock::now();
+    pause_cuda_graphs(ctx, true);
     uncomp_rank_window(ctx, layer, pf->window);
     uncomp_refresh_graphs(ctx);
     return 0;
