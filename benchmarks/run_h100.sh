@@ -98,11 +98,9 @@ if [ -f $eval_model ] && [ -n "${EVAL:-}" ]; then
     end=$((SECONDS + ${EVAL_LIMIT_S:-500})); mkdir -p /tmp/eval_gpu
     IFS=';' read -r -a eval_sets <<< "$EVAL"
     # EVAL_GRAPH_LOG=1: ggml-cuda's CUDA graph events (captured, reused, reset) in each run's log, among its lines
-    # EVAL_GDB=1: under cuda-gdb, which names the kernel, its PC and its frames at a device exception
     eval_cmd=(python3 -m pyuncomp)
     [ "${EVAL_GRAPH_LOG:-0}" = 1 ] && eval_cmd=(python3 -c "import sys; sys.path.insert(0, '$PWD/tools'); import graph_replay_probe as g; \
 g.log_graph_events({'label': 'eval'}); from pyuncomp.cli import main; raise SystemExit(main())")
-    [ "${EVAL_GDB:-0}" = 1 ] && eval_cmd=(cuda-gdb -q -batch -ex run -ex bt -ex "info cuda kernels" -ex "x/8i \$pc-64" --args "${eval_cmd[@]}")
     # EVAL_COREDUMP=1: a device exception writes a GPU core dump (no memory images), read back by cuda-gdb after the
     # run: the faulting kernel, its launch and its frames (a debugger attached throughout would slow the run)
     coredump_env=()

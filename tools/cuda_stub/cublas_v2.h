@@ -15,7 +15,6 @@ typedef enum { CUBLAS_GEMM_DEFAULT, CUBLAS_GEMM_DEFAULT_TENSOR_OP } cublasGemmAl
 typedef enum { CUBLAS_DIAG_NON_UNIT } cublasDiagType_t;
 typedef enum { CUBLAS_FILL_MODE_UPPER } cublasFillMode_t;
 typedef enum { CUBLAS_SIDE_RIGHT } cublasSideMode_t;
-typedef void (*cublasLogCallback)(const char *);
 cublasStatus_t cublasCreate(cublasHandle_t *);
 cublasStatus_t cublasDestroy(cublasHandle_t);
 cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t);
